@@ -1,0 +1,129 @@
+"""Step 2 of 5: from labels.csv to batches of tensors.
+
+A model cannot read JPEGs: it needs tensors of one size, normalised the way its first layer expects.
+`CustomDataset` opens one image per index and turns it into such a tensor; `build_loaders` wraps the
+three splits in DataLoaders that shuffle, batch and load in parallel.
+
+Training images are *augmented*: each epoch sees every lesion cropped, flipped, rotated and re-lit a
+little differently. A lesion has no "up", and cameras differ in light and zoom, so these are changes
+the label must not depend on; showing them teaches the model to ignore them, which matters most when
+there are only a few hundred images. Evaluation images are never augmented: a score must not depend
+on chance.
+
+Example (shows what one training batch looks like):
+  python dataset.py data/
+"""
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+# ImageNet's channel means and standard deviations. Pretrained backbones expect inputs normalised
+# with these; a model trained from scratch does not care which constants are used, so all share them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(Exception):
+    """Input the pipeline cannot use. The message names the file and what to do about it."""
+
+
+def load_image(path):
+    """Open any image as 8-bit RGB, upright as the camera meant it, or raise DataError naming it."""
+    try:
+        image = Image.open(path)
+        image = ImageOps.exif_transpose(image)  # phones store "rotate 90°" as a tag, not as pixels
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale 0..65535 down to 0..255
+            image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        return image.convert("RGB")  # L, LA, RGBA, CMYK, YCbCr ... -> RGB
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}; run prepare_data.py again or restore the file")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"cannot decode image {path} ({error}); replace the file or remove its row")
+
+
+def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Augmentation for training; a deterministic resize and centre crop for evaluation."""
+    if train:
+        resize = [
+            v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), antialias=True),  # zoom and framing
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(45),                                             # no "up" on skin
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),  # light, camera
+        ]
+    else:
+        resize = [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
+    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def read_labels(data_dir):
+    """labels.csv as a table, with image paths made absolute; DataError if it is missing or malformed."""
+    csv = Path(data_dir) / "labels.csv"
+    if not csv.exists():
+        raise DataError(f"{csv} not found; run prepare_data.py --out {data_dir} first")
+    table = pd.read_csv(csv, dtype={"isic_id": str, "image_path": str, "split": str, "group": str})
+    missing = {"isic_id", "image_path", "label", "split"} - set(table.columns)
+    if missing:
+        raise DataError(f"{csv} lacks the columns {sorted(missing)}; write it with prepare_data.py")
+    table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute
+    return table
+
+
+class CustomDataset(Dataset):
+    """The images of one split of labels.csv, as (tensor, label) pairs."""
+
+    def __init__(self, data_dir, split, transform):
+        table = read_labels(data_dir)
+        self.table = table[table["split"] == split].reset_index(drop=True)
+        if self.table.empty:
+            raise DataError(f"split '{split}' of {Path(data_dir) / 'labels.csv'} has no images")
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, index):
+        row = self.table.iloc[index]
+        return self.transform(load_image(row["image_path"])), int(row["label"])
+
+
+def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0,
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """DataLoaders for training: train (augmented, shuffled) and val (plain, in order).
+
+    With balanced_sampler, training batches draw each class equally often (minority images repeat):
+    one answer to class imbalance; the other, weighting the loss, lives in train.py.
+    """
+    train_set = CustomDataset(data_dir, "train", build_transforms(img_size, True, mean, std))
+    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, mean, std))
+    generator = torch.Generator().manual_seed(seed)  # same seed -> same order and same augmentations
+    sampler = None
+    if balanced_sampler:
+        labels = torch.tensor(train_set.table["label"].values)
+        weight_per_class = 1.0 / torch.bincount(labels, minlength=2).clamp(min=1)
+        sampler = WeightedRandomSampler(weight_per_class[labels], len(labels), generator=generator)
+    # drop_last: a final batch of one image would break BatchNorm's batch statistics.
+    train_loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler,
+                              generator=generator, drop_last=len(train_set) > batch_size,
+                              **loader_options(workers))
+    return train_loader, DataLoader(val_set, batch_size, shuffle=False, **loader_options(workers))
+
+
+def loader_options(workers):
+    """Worker processes decode images while the model computes; pinned memory speeds copies to a GPU."""
+    return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+if __name__ == "__main__":
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else "data"
+    train_loader, _ = build_loaders(data_dir, img_size=128, batch_size=8)
+    images, labels = next(iter(train_loader))
+    print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
+          f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")

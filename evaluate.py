@@ -1,0 +1,301 @@
+"""Step 5 of 5: score a checkpoint on held-out images, with every metric computed by hand.
+
+Accuracy alone misleads here: when 17 % of lesions are malignant, calling everything benign scores
+83 %. So this reports, at the decision threshold chosen on validation (and at 0.5 for comparison):
+  sensitivity (recall)  share of malignant lesions caught      - a missed melanoma is the costly error
+  specificity           share of benign lesions left alone     - each false alarm is a biopsy
+  balanced accuracy     their mean: 0.5 is chance, whatever the class ratio
+  precision, F1, accuracy, and the confusion matrix
+and, over all thresholds at once:
+  ROC AUC               chance that a random malignant image scores above a random benign one
+  pAUC above 80 % TPR   the ISIC 2024 challenge metric: area under the ROC curve where sensitivity
+                        is at least 80 %, the only region a screening tool can use (0 to 0.2)
+
+Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png and OUT/roc.png.
+
+Examples:
+  python evaluate.py checkpoints/baseline.pt
+  python evaluate.py checkpoints/resnet18.pt --data data/uda --split test --out reports/uda
+  python evaluate.py checkpoints/resnet18.pt --image lesion.jpg
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.data import DataLoader
+
+from dataset import CustomDataset, DataError, build_transforms, load_image, loader_options
+from model import load_checkpoint, pick_device
+
+
+# --- Metrics, by hand ------------------------------------------------------------------------------
+# labels are 0/1 (1 = malignant), probabilities are the model's P(malignant); an image is called
+# malignant when its probability is at least the threshold. A ratio with nothing to divide by is NaN.
+
+def ratio(numerator, denominator):
+    return numerator / denominator if denominator else math.nan
+
+
+def confusion_matrix(labels, predictions):
+    """[[TN, FP], [FN, TP]]: rows are the truth (benign, malignant), columns the prediction."""
+    matrix = [[0, 0], [0, 0]]
+    for truth, predicted in zip(labels, predictions):
+        matrix[truth][predicted] += 1
+    return matrix
+
+
+def threshold_metrics(labels, probabilities, threshold):
+    """The metrics that depend on where the threshold is put."""
+    matrix = confusion_matrix(labels, [int(p >= threshold) for p in probabilities])
+    (tn, fp), (fn, tp) = matrix
+    recall, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    return {"accuracy": ratio(tp + tn, tp + tn + fp + fn), "balanced_accuracy": (recall + specificity) / 2,
+            "precision": ratio(tp, tp + fp), "recall": recall, "specificity": specificity,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "confusion_matrix": matrix}
+
+
+def roc_curve(labels, probabilities):
+    """The ROC curve as (fpr, tpr, thresholds), from (0, 0) to (1, 1).
+
+    Lower the threshold past each distinct score in turn and count who is now called malignant. Images
+    with equal scores cross together, so a tie moves the curve diagonally: that is how ties count half.
+    """
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return [], [], []  # with one class there is no curve
+    ranked = sorted(zip(probabilities, labels), reverse=True)
+    fpr, tpr, thresholds = [0.0], [0.0], [math.inf]
+    true_pos = false_pos = 0
+    for i, (score, label) in enumerate(ranked):
+        true_pos += label
+        false_pos += 1 - label
+        if i + 1 == len(ranked) or ranked[i + 1][0] != score:  # the last of a run of equal scores
+            fpr.append(false_pos / negatives)
+            tpr.append(true_pos / positives)
+            thresholds.append(score)
+    return fpr, tpr, thresholds
+
+
+def roc_auc(labels, probabilities):
+    """Area under the ROC curve, by the trapezoid rule; NaN when only one class is present."""
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    if not fpr:
+        return math.nan
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(fpr, fpr[1:], tpr, tpr[1:]))
+
+
+def partial_auc(labels, probabilities, min_tpr=0.8):
+    """Area between the ROC curve and the line TPR = min_tpr, where the curve is above it (0 to 1 - min_tpr)."""
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    if not fpr:
+        return math.nan
+    area = 0.0
+    for x0, x1, y0, y1 in zip(fpr, fpr[1:], tpr, tpr[1:]):
+        h0, h1 = y0 - min_tpr, y1 - min_tpr  # heights above the line at both ends of a segment
+        if h0 >= 0:
+            area += (x1 - x0) * (h0 + h1) / 2
+        elif h1 > 0:  # the segment crosses the line: only the triangle above it counts
+            area += (x1 - x0) * h1 / (h1 - h0) * h1 / 2
+    return area
+
+
+def choose_threshold(labels, probabilities):
+    """The threshold with the best balanced accuracy (0.5 when one class is missing)."""
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    if not fpr:
+        return 0.5
+    best = max(range(1, len(fpr)), key=lambda i: tpr[i] - fpr[i])  # = 2 * balanced accuracy - 1
+    return thresholds[best]
+
+
+def all_metrics(labels, probabilities, threshold):
+    return {**threshold_metrics(labels, probabilities, threshold), "auc": roc_auc(labels, probabilities),
+            "pauc_80": partial_auc(labels, probabilities), "n": len(labels), "threshold": threshold}
+
+
+# --- Running the model -------------------------------------------------------------------------------
+
+class Progress:
+    """A progress line for work that takes more than a few seconds: redrawn in place on a terminal,
+    printed as a new line every 30 s when the output goes to a log file."""
+
+    def __init__(self, what, total):
+        self.what, self.total = what, total
+        self.started = self.last = time.time()
+        self.interactive = sys.stdout.isatty()
+
+    def update(self, done):
+        now = time.time()
+        if now - self.started < 3 or now - self.last < (1 if self.interactive else 30):
+            return
+        self.last = now
+        line = f"  {self.what} {done}/{self.total} images, {done / (now - self.started):.0f} images/s"
+        print("\r" + line if self.interactive else line, end="" if self.interactive else "\n", flush=True)
+
+    def close(self):
+        if self.interactive and self.last > self.started:
+            print("\r\033[K", end="", flush=True)  # erase the line, so the next print starts clean
+
+
+@torch.inference_mode()  # no gradients: faster, and less memory
+def predict(model, loader, device):
+    """P(malignant) for every image of the loader, in order, and the true labels."""
+    model.eval()
+    probabilities, labels, progress = [], [], Progress("scored", len(loader.dataset))
+    for images, targets in loader:
+        logits = model(images.to(device, non_blocking=True))
+        probabilities += logits.float().softmax(dim=1)[:, 1].tolist()
+        labels += targets.tolist()
+        progress.update(len(labels))
+    progress.close()
+    return probabilities, labels
+
+
+# --- Reporting ----------------------------------------------------------------------------------------
+
+def print_report(metrics, at_half):
+    print(f"{'':20s}{'threshold ' + format(metrics['threshold'], '.3f'):>18s}{'threshold 0.5':>16s}")
+    for key in ("accuracy", "balanced_accuracy", "recall", "specificity", "precision", "f1"):
+        name = "recall (sensitivity)" if key == "recall" else key.replace("_", " ")
+        print(f"{name:20s}{metrics[key]:18.3f}{at_half[key]:16.3f}")
+    print(f"ROC AUC {metrics['auc']:.3f}   pAUC above 80% TPR {metrics['pauc_80']:.3f} (of 0.2)   "
+          f"n = {metrics['n']}")
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    print(f"confusion matrix at {metrics['threshold']:.3f}:  {'called benign':>14s} {'called malignant':>17s}")
+    print(f"{'':24s}benign {tn:14d} {fp:17d}\n{'':21s}malignant {fn:14d} {tp:17d}")
+
+
+def without_nan(metrics):
+    """JSON has no NaN: an undefined metric (say, sensitivity with no malignant image) becomes null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def save_image(image, path):
+    tmp = f"{path}.tmp"
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def draw_confusion_matrix(matrix, threshold, path, cell=150):
+    """A 2x2 grid: counts, and each row's share, shaded darker where the share is larger."""
+    font, small = ImageFont.load_default(22), ImageFont.load_default(14)
+    left, top = 130, 70
+    image = Image.new("RGB", (left + 2 * cell + 20, top + 2 * cell + 20), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 15), f"confusion matrix (threshold {threshold:.3f})", fill="black", font=small)
+    for i, name in enumerate(("benign", "malignant")):
+        draw.text((left + i * cell + cell / 2, top - 15), f"called {name}", fill="black", font=small, anchor="mm")
+        draw.text((left - 10, top + i * cell + cell / 2), f"truly {name}", fill="black", font=small, anchor="rm")
+        row_total = sum(matrix[i])
+        for j in range(2):
+            share = ratio(matrix[i][j], row_total)
+            shade = 255 - int(180 * (0 if math.isnan(share) else share))
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell]
+            draw.rectangle(box, fill=(shade, shade, 255), outline="black")
+            colour = "white" if shade < 150 else "black"
+            centre = (box[0] + cell / 2, box[1] + cell / 2)
+            draw.text((centre[0], centre[1] - 12), str(matrix[i][j]), fill=colour, font=font, anchor="mm")
+            draw.text((centre[0], centre[1] + 16), f"{share:.0%} of row" if row_total else "", fill=colour,
+                      font=small, anchor="mm")
+    save_image(image, path)
+
+
+def draw_roc(labels, probabilities, metrics, path, size=400):
+    """The ROC curve, the chance diagonal, the pAUC region shaded, and the operating point marked."""
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    small = ImageFont.load_default(14)
+    left, top = 60, 40
+    image = Image.new("RGB", (left + size + 30, top + size + 60), "white")
+    draw = ImageDraw.Draw(image)
+
+    def xy(x, y):  # ROC coordinates (0..1) to pixels; y grows upwards on a plot, downwards on an image
+        return left + x * size, top + (1 - y) * size
+
+    draw.rectangle([*xy(0, 1), *xy(1, 0)], outline="black")
+    for tick in (0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        draw.line([xy(tick, 0), (xy(tick, 0)[0], xy(tick, 0)[1] + 5)], fill="black")
+        draw.text((xy(tick, 0)[0], xy(tick, 0)[1] + 8), f"{tick:.1f}", fill="black", font=small, anchor="mt")
+        draw.line([xy(0, tick), (xy(0, tick)[0] - 5, xy(0, tick)[1])], fill="black")
+        draw.text((xy(0, tick)[0] - 8, xy(0, tick)[1]), f"{tick:.1f}", fill="black", font=small, anchor="rm")
+    draw.text(xy(0.5, -0.1), "false positive rate (1 - specificity)", fill="black", font=small, anchor="mt")
+    y_label = Image.new("RGB", (size, 20), "white")
+    ImageDraw.Draw(y_label).text((size / 2, 10), "true positive rate (sensitivity)", fill="black", font=small,
+                                 anchor="mm")
+    image.paste(y_label.rotate(90, expand=True), (8, top))
+    draw.text((left, 12), f"ROC   AUC {metrics['auc']:.3f}   pAUC(TPR>=0.8) {metrics['pauc_80']:.3f}",
+              fill="black", font=small)
+    draw.line([xy(0, 0), xy(1, 1)], fill=(170, 170, 170), width=1)  # a classifier that guesses
+    draw.line([xy(0, 0.8), xy(1, 0.8)], fill=(230, 180, 180), width=1)
+    if fpr:
+        # Shade the pAUC region: under the curve and above TPR = 0.8.
+        above = [(x, max(y, 0.8)) for x, y in zip(fpr, tpr)]
+        draw.polygon([xy(x, y) for x, y in above] + [xy(1, 0.8), xy(0, 0.8)], fill=(250, 215, 215))
+        draw.line([xy(x, y) for x, y in zip(fpr, tpr)], fill=(30, 60, 200), width=3)
+        x, y = xy(1 - metrics["specificity"], metrics["recall"])
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(200, 30, 30), width=3)
+        draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3f}", fill=(200, 30, 30), font=small)
+    save_image(image, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a .pt file written by train.py")
+    parser.add_argument("--data", default=None, help="folder with labels.csv (default: the one trained on)")
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    parser.add_argument("--out", default=None, help="folder for the report (default: reports/<checkpoint name>)")
+    parser.add_argument("--image", default=None, help="classify this one image instead")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    try:
+        model, checkpoint = load_checkpoint(args.checkpoint, device)
+        transform = build_transforms(checkpoint["img_size"], train=False, mean=checkpoint["mean"], std=checkpoint["std"])
+        threshold = checkpoint["threshold"]
+        if args.image:
+            with torch.inference_mode():
+                logits = model(transform(load_image(args.image)).unsqueeze(0).to(device))
+            probability = logits.float().softmax(dim=1)[0, 1].item()
+            verdict = "malignant" if probability >= threshold else "benign"
+            print(f"{args.image}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3f})")
+            return
+        data = args.data or checkpoint["args"]["data"]
+        dataset = CustomDataset(data, args.split, transform)
+        loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(args.workers))
+        probabilities, labels = predict(model, loader, device)
+    except (DataError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+    metrics = all_metrics(labels, probabilities, threshold)
+    at_half = threshold_metrics(labels, probabilities, 0.5)
+    print(f"{args.checkpoint} ({checkpoint['model']}) on the {args.split} split of {data}:")
+    print_report(metrics, at_half)
+
+    out = Path(args.out or Path("reports") / Path(args.checkpoint).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoint": str(args.checkpoint),
+              "model": checkpoint["model"], "data": str(data), "split": args.split}
+    with open(out / "metrics.json.tmp", "w") as file:
+        json.dump(report, file, indent=2)
+    os.replace(out / "metrics.json.tmp", out / "metrics.json")
+    predictions = pd.DataFrame({"isic_id": dataset.table["isic_id"], "probability_malignant": probabilities,
+                                "label": labels, "predicted": [int(p >= threshold) for p in probabilities]})
+    predictions.to_csv(out / "predictions.csv.tmp", index=False)
+    os.replace(out / "predictions.csv.tmp", out / "predictions.csv")
+    draw_confusion_matrix(metrics["confusion_matrix"], threshold, out / "confusion_matrix.png")
+    draw_roc(labels, probabilities, metrics, out / "roc.png")
+    print(f"wrote metrics.json, predictions.csv, confusion_matrix.png and roc.png to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

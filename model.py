@@ -1,0 +1,109 @@
+"""Step 3 of 5: the models, and the checkpoint file that carries one from training to evaluation.
+
+Two models, to compare:
+- BaselineCNN, written out by hand: a few convolution blocks that each halve the image and double the
+  channels, then global average pooling and one linear layer. Small enough to read in one glance.
+- ResNet (18/34/50) from torchvision, its 1000-class ImageNet head swapped for a 2-class one. With
+  --pretrained it starts from ImageNet weights: edges, textures and shapes learnt from 1.2 million
+  photos, which is what a few hundred dermoscopy images cannot teach from scratch.
+
+Both output two logits per image (benign, malignant); softmax turns them into probabilities.
+
+Example (prints each model's size):
+  python model.py
+"""
+import os
+import pickle
+
+import torch
+import torchvision
+from torch import nn
+
+MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50")
+
+
+class BaselineCNN(nn.Module):
+    def __init__(self, num_classes=2, widths=(16, 32, 64, 128)):
+        super().__init__()
+        blocks, channels = [], 3
+        for width in widths:
+            # conv -> batch norm -> ReLU -> 2x2 max pool: learn local patterns, then halve the image
+            blocks += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # one number per channel, whatever the image size
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(channels, num_classes))
+
+    def forward(self, images):
+        return self.head(self.pool(self.features(images)).flatten(1))
+
+
+def resnet(depth=18, pretrained=False, num_classes=2):
+    """A torchvision ResNet with a new head; ImageNet weights come from torchvision's weights API."""
+    weights = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1 if pretrained else None
+    try:
+        # Downloads the weights once into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch),
+        # then reads them from there.
+        model = getattr(torchvision.models, f"resnet{depth}")(weights=weights)
+    except OSError as error:  # urllib's URLError is an OSError: no network, or the server refused
+        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise RuntimeError(
+            f"could not download the ImageNet weights for resnet{depth} from {weights.url} ({error}). "
+            f"Offline, copy that file into {folder}, or train without --pretrained") from None
+    model.fc = nn.Linear(model.fc.in_features, num_classes)  # the new head starts from random weights
+    return model
+
+
+def build_model(name, pretrained=False):
+    """The one place train.py and evaluate.py get a model from. 'resnet' means resnet18."""
+    name = "resnet18" if name == "resnet" else name
+    if name == "baseline":
+        if pretrained:
+            raise ValueError("the baseline CNN has no pretrained weights; drop --pretrained or use --model resnet")
+        return BaselineCNN()
+    if name in MODEL_NAMES:
+        return resnet(int(name.removeprefix("resnet")), pretrained)
+    raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")
+
+
+# --- Checkpoints -----------------------------------------------------------------------------------
+# A checkpoint holds the weights plus everything needed to use them again: which model, what image
+# size and normalisation it was trained with, and the decision threshold chosen on validation.
+# It holds only tensors, numbers, strings, lists and dicts, so it can be loaded with weights_only=True,
+# which refuses files that would run code when unpickled.
+
+def save_checkpoint(path, network, **info):
+    """Write the network's weights and `info` (model=name, img_size=..., ...) to path, atomically."""
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    tmp = f"{path}.tmp"
+    torch.save({"state_dict": state, **info}, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model ready for inference, the checkpoint's other entries); ValueError naming the file if unusable."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        model = build_model(checkpoint["model"])
+        model.load_state_dict(checkpoint.pop("state_dict"))
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} not found; train one with train.py --out {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a checkpoint that train.py wrote for this model ({error})") from None
+    return model.to(device).eval(), checkpoint
+
+
+def pick_device(name="auto"):
+    """'auto' takes a CUDA GPU, else an Apple GPU (mps), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+if __name__ == "__main__":
+    for name in MODEL_NAMES:
+        model = build_model(name)
+        logits = model(torch.zeros(1, 3, 128, 128))
+        print(f"{name:9s} {sum(p.numel() for p in model.parameters()) / 1e6:5.1f} M parameters, "
+              f"output {tuple(logits.shape)}")

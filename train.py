@@ -1,0 +1,142 @@
+"""Step 4 of 5: train a model on the train split, keep the epoch that does best on the val split.
+
+The loop is the classic one: for each batch, predict, measure the error with cross-entropy, let
+autograd compute how every weight should move, and let Adam move them. After each epoch the model
+is scored on the validation images, which it never trains on; the epoch with the best validation AUC
+is kept, and training stops early once that has not improved for --patience epochs. The decision
+threshold is chosen on validation too, so the test split stays untouched until evaluate.py.
+
+Writes one checkpoint (default checkpoints/<model>.pt): the weights, and everything evaluate.py needs
+to use them (model name, image size, normalisation, threshold, validation metrics, these arguments).
+
+Examples:
+  python train.py                                          # the baseline CNN on data/
+  python train.py --model resnet --epochs 20
+  python train.py --model resnet --pretrained --img-size 224 --device cuda
+  python train.py --dry-run                                # one batch, one epoch: check the plumbing
+"""
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dataset import DataError, build_loaders, IMAGENET_MEAN, IMAGENET_STD
+from evaluate import Progress, choose_threshold, predict, roc_auc, threshold_metrics
+from model import build_model, pick_device, save_checkpoint
+
+
+def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, dry_run=False):
+    """One pass over the training images; returns (mean loss, images seen)."""
+    model.train()  # dropout on, batch norm learns its statistics
+    total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.dataset))
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss = loss_function(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()   # gradients of the loss with respect to every weight
+        optimizer.step()  # move each weight a little against its gradient
+        scheduler.step()  # and adjust the step size for the next batch
+        total_loss += loss.item() * len(labels)
+        seen += len(labels)
+        progress.update(seen)
+        if dry_run:
+            break
+    progress.close()
+    return total_loss / seen, seen
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data", help="folder with labels.csv from prepare_data.py")
+    parser.add_argument("--model", default="baseline", help="baseline, resnet (= resnet18), resnet34, resnet50")
+    parser.add_argument("--pretrained", action="store_true", help="start a ResNet from ImageNet weights")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default 1e-3; 3e-4 with --pretrained, which big steps would spoil)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--img-size", type=int, default=128,
+                        help="image side in pixels; 128 keeps a CPU fast, 224 is ResNet's native size")
+    parser.add_argument("--class-weights", action="store_true",
+                        help="weight the loss by inverse class frequency, so the rare class counts as much")
+    parser.add_argument("--balanced-sampler", action="store_true",
+                        help="draw training batches with each class equally often")
+    parser.add_argument("--patience", type=int, default=5, help="stop after this many epochs without improvement")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in this one)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
+    parser.add_argument("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
+    args = parser.parse_args()
+    args.lr = args.lr or (3e-4 if args.pretrained else 1e-3)
+    args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
+    args.epochs = 1 if args.dry_run else args.epochs
+
+    # Same seed, same data -> same initial weights, same batches, same augmentations, same result.
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    try:
+        train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, args.balanced_sampler,
+                                                 args.workers, args.seed)
+        model = build_model(args.model, args.pretrained).to(device)
+    except (DataError, ValueError, RuntimeError) as error:
+        parser.exit(2, f"error: {error}\n")
+    train_labels = torch.tensor(train_loader.dataset.table["label"].values)
+    print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}; "
+          f"{len(train_labels)} training images ({int(train_labels.sum())} malignant), "
+          f"{len(val_loader.dataset)} validation images")
+
+    # Cross-entropy: -log of the probability the model gave the true class. With --class-weights each
+    # malignant image counts (benign count / malignant count) times as much, so that ignoring the rare
+    # class is no longer a cheap way to a low loss.
+    class_weights = None
+    if args.class_weights:
+        counts = torch.bincount(train_labels, minlength=2).float()
+        class_weights = (counts.sum() / (2 * counts.clamp(min=1))).to(device)
+    loss_function = nn.CrossEntropyLoss(weight=class_weights)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # Cosine schedule: large steps early to make progress, ever smaller ones to settle into a minimum.
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    best_score, best_epoch = -math.inf, 0
+    try:
+        for epoch in range(1, args.epochs + 1):
+            started = time.time()
+            train_loss, seen = train_one_epoch(model, train_loader, loss_function, optimizer, scheduler, device,
+                                               args.dry_run)
+            train_seconds = time.time() - started
+            probabilities, labels = predict(model, val_loader, device)
+            val_loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels)) / len(labels)
+            val_auc = roc_auc(labels, probabilities)
+            val_accuracy = threshold_metrics(labels, probabilities, 0.5)["accuracy"]
+            print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                  f"val acc {val_accuracy:.3f}  val AUC {val_auc:.3f}  {time.time() - started:5.1f} s  "
+                  f"{seen / train_seconds:5.0f} images/s")
+
+            # AUC needs both classes in val; a val split with one class falls back to the loss.
+            score = -val_loss if math.isnan(val_auc) else val_auc
+            if score > best_score:
+                best_score, best_epoch = score, epoch
+                threshold = choose_threshold(labels, probabilities)
+                val_metrics = {**threshold_metrics(labels, probabilities, threshold), "auc": val_auc, "loss": val_loss}
+                save_checkpoint(args.out, model, model=args.model, img_size=args.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold,
+                                val_metrics=val_metrics, epoch=epoch,
+                                args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+            elif epoch - best_epoch >= args.patience:
+                print(f"no improvement for {args.patience} epochs: stopping early")
+                break
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the best epoch so far ({best_epoch}) is saved in {args.out}")
+        raise SystemExit(130)
+    print(f"best epoch {best_epoch} (val AUC {val_metrics['auc']:.3f}, threshold {threshold:.3f}) saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
