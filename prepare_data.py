@@ -283,13 +283,14 @@ def assign_groups(table):
                  if kind in table and pd.notna(getattr(row, kind))]
         for key in keys[1:]:
             parent[root(key)] = root(keys[0])
-    # Name each group after the most telling id it has: patient, then lesion, then image.
+    # Name each group after the most telling id it has: a patient, else a lesion, else its first image.
     names = {}
-    for row in table.itertuples():
-        for kind in ("patient", "lesion"):
-            if kind in table and pd.notna(getattr(row, kind)):
-                names.setdefault(root(f"image {row.isic_id}"), getattr(row, kind))
-    return [names.get(root(f"image {i}"), i) for i in table["isic_id"]]
+    for kind in ("patient", "lesion", "isic_id"):
+        if kind in table:
+            for isic_id, value in zip(table["isic_id"], table[kind]):
+                if pd.notna(value):
+                    names.setdefault(root(f"image {isic_id}"), value)
+    return [names[root(f"image {i}")] for i in table["isic_id"]]
 
 
 def subsample(table, max_images, balanced, seed):

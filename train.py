@@ -73,7 +73,8 @@ def main():
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     parser.add_argument("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
     args = parser.parse_args()
-    args.lr = args.lr or (3e-4 if args.pretrained else 1e-3)
+    if args.lr is None:
+        args.lr = 3e-4 if args.pretrained else 1e-3
     args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
     args.epochs = 1 if args.dry_run else args.epochs
 

@@ -1,0 +1,108 @@
+"""dataset.py: any image mode becomes RGB, EXIF orientation is applied, bad files name themselves."""
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image
+from dataset import DataError, build_loaders, build_transforms, CustomDataset, load_image
+
+
+@pytest.mark.parametrize("mode, colour", [("L", 128), ("LA", (128, 200)), ("RGBA", (10, 20, 30, 0)),
+                                          ("CMYK", (0, 255, 255, 0)), ("P", 3), ("RGB", (1, 2, 3))])
+def test_every_mode_becomes_rgb(tmp_path, mode, colour):
+    suffix = ".jpg" if mode in ("L", "CMYK", "RGB") else ".png"
+    image = load_image(make_image(tmp_path / f"x{suffix}", colour, mode=mode))
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_cmyk_and_gray_keep_their_colour(tmp_path):
+    assert load_image(make_image(tmp_path / "c.tif", (0, 255, 255, 0), mode="CMYK")).getpixel((0, 0)) == (255, 0, 0)
+    assert load_image(make_image(tmp_path / "g.png", 128, mode="L")).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    image = Image.new("I;16", (8, 8))
+    image.putpixel((0, 0), 65535)
+    image.putpixel((1, 0), 32768)
+    image.save(path)
+    rgb = load_image(path)
+    assert rgb.getpixel((0, 0)) == (255, 255, 255)
+    assert rgb.getpixel((1, 0)) == (128, 128, 128)
+    assert rgb.getpixel((2, 0)) == (0, 0, 0)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.new("RGB", (40, 30), "white").save(path, exif=exif)
+    assert Image.open(path).size == (40, 30)
+    assert load_image(path).size == (30, 40)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 truncated", b"<html>not an image</html>"])
+def test_unreadable_file_raises_data_error_naming_it(tmp_path, content):
+    path = tmp_path / "ISIC_0000001.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="ISIC_0000001.jpg"):
+        load_image(path)
+
+
+def test_truncated_jpeg_names_the_file(tmp_path):
+    path = make_image(tmp_path / "cut.jpg", size=(200, 200))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match="cut.jpg"):
+        load_image(path)
+
+
+def test_missing_image_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="not found: .*gone.jpg"):
+        load_image(tmp_path / "gone.jpg")
+
+
+def test_transforms_give_normalised_tensors_of_the_requested_size(tmp_path):
+    image = load_image(make_image(tmp_path / "a.jpg", size=(200, 150)))
+    for train in (True, False):
+        tensor = build_transforms(64, train)(image)
+        assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
+    # Evaluation is deterministic; training augmentation is not.
+    evaluation = build_transforms(64, False)
+    assert torch.equal(evaluation(image), evaluation(image))
+    noisy = make_image(tmp_path / "n.png", size=(64, 64))
+    Image.effect_noise((64, 64), 60).convert("RGB").save(noisy)
+    augment = build_transforms(64, True)
+    assert not torch.equal(augment(load_image(noisy)), augment(load_image(noisy)))
+
+
+def make_labels(root, n_benign, n_malignant):
+    rows = []
+    for i in range(n_benign + n_malignant):
+        make_image(root / "images" / f"{i}.png", colour=(i, 0, 0), size=(20, 20))
+        split = ["train", "train", "val"][i % 3]
+        rows.append({"isic_id": f"id{i}", "image_path": f"images/{i}.png", "label": int(i >= n_benign),
+                     "split": split, "group": f"id{i}"})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+
+
+def test_dataset_reads_one_split(tmp_path):
+    make_labels(tmp_path, 30, 6)
+    dataset = CustomDataset(tmp_path, "val", build_transforms(16, False))
+    assert len(dataset) == 12
+    image, label = dataset[0]
+    assert image.shape == (3, 16, 16) and label == 0
+    with pytest.raises(DataError, match="split 'test' .* has no images"):
+        CustomDataset(tmp_path, "test", build_transforms(16, False))
+    with pytest.raises(DataError, match="run prepare_data.py"):
+        CustomDataset(tmp_path / "nowhere", "train", build_transforms(16, False))
+
+
+def test_balanced_sampler_draws_both_classes_about_equally(tmp_path):
+    make_labels(tmp_path, 90, 10)  # 60 + 7 training images: about 1 in 10 malignant
+    loader, _ = build_loaders(tmp_path, img_size=8, batch_size=16, balanced_sampler=True)
+    drawn = torch.cat([labels for _ in range(10) for _, labels in loader])
+    assert 0.4 < drawn.float().mean() < 0.6
+    plain, _ = build_loaders(tmp_path, img_size=8, batch_size=16)
+    drawn = torch.cat([labels for _ in range(3) for _, labels in plain])
+    assert drawn.float().mean() < 0.2

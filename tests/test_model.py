@@ -1,0 +1,70 @@
+"""model.py: shapes, pretrained weights read offline from TORCH_HOME, checkpoints that round-trip."""
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from model import BaselineCNN, build_model, load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("name", ["baseline", "resnet", "resnet34"])
+def test_models_give_two_logits_per_image(name):
+    model = build_model(name).eval()
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_unknown_model_and_pretrained_baseline_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model("vgg")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        build_model("baseline", pretrained=True)
+
+
+def test_pretrained_weights_are_read_from_torch_home(tmp_path, monkeypatch):
+    # Stand-in ImageNet weights, placed where torchvision's weights API looks before downloading.
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), folder / url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+
+    model = build_model("resnet", pretrained=True)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_mean, reference.layer4[1].bn2.running_mean)
+    assert model.fc.out_features == 2  # the ImageNet head is replaced
+
+
+def test_pretrained_offline_without_a_cached_file_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match=r"could not download .* resnet18.*copy that file into .*hub.checkpoints"):
+        build_model("resnet", pretrained=True)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = BaselineCNN()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, model="baseline", img_size=64, threshold=0.3, val_metrics={"auc": 0.9})
+    assert not (tmp_path / "model.pt.tmp").exists()
+    loaded, info = load_checkpoint(path)
+    assert info["threshold"] == 0.3 and info["img_size"] == 64 and info["val_metrics"] == {"auc": 0.9}
+    images = torch.randn(3, 3, 64, 64)
+    assert torch.allclose(loaded(images), model.eval()(images))
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="notes.pt is not a checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")

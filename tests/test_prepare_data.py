@@ -1,0 +1,167 @@
+"""prepare_data.py: the four layouts, labels, exclusions, grouping, splits and subsets."""
+import pandas as pd
+import pytest
+
+import prepare_data
+from conftest import make_image, run_main
+
+
+def prepare(monkeypatch, source, out, *extra):
+    code = run_main(prepare_data, "--source", source, "--out", out, *extra, monkeypatch=monkeypatch)
+    assert code == 0
+    return pd.read_csv(out / "labels.csv", dtype={"group": str})
+
+
+def assert_groups_never_cross_splits(table):
+    splits_per_group = table.groupby("group")["split"].nunique()
+    assert (splits_per_group == 1).all(), splits_per_group[splits_per_group > 1]
+
+
+def make_ham(root, lesions=30):
+    """HAM10000-like: two images per lesion, plus an akiec row, a missing image and a corrupt one."""
+    rows = []
+    for lesion in range(lesions):
+        dx = ["nv", "mel", "bkl", "bcc", "df", "vasc"][lesion % 6]
+        for shot in range(2):
+            image_id = f"ISIC_{lesion * 2 + shot:07d}"
+            make_image(root / "images" / f"{image_id}.jpg", colour=(lesion * 8, shot * 90, 60))
+            rows.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": image_id, "dx": dx, "dx_type": "histo",
+                         "age": 50.0, "sex": "male", "localization": "back"})
+    rows.append({"lesion_id": "HAM_9000000", "image_id": "ISIC_9000000", "dx": "akiec"})     # no image either
+    rows.append({"lesion_id": "HAM_9000001", "image_id": "ISIC_9000001", "dx": "mel"})       # image missing
+    rows.append({"lesion_id": "HAM_9000002", "image_id": "ISIC_9000002", "dx": "nv"})        # image corrupt
+    (root / "images" / "ISIC_9000002.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    pd.DataFrame(rows).to_csv(root / "HAM10000_metadata.csv", index=False)
+
+
+def test_ham10000_layout(tmp_path, monkeypatch, capsys):
+    make_ham(tmp_path / "ham")
+    table = prepare(monkeypatch, tmp_path / "ham", tmp_path / "out")
+    output = capsys.readouterr().out
+    assert "layout: HAM10000" in output
+    assert "excluded 1 rows with diagnosis 'akiec'" in output
+    assert "skipped 1 rows: image file missing: ISIC_9000001" in output
+    assert "skipped 1 rows: image file unreadable: ISIC_9000002" in output
+    assert len(table) == 60
+    # mel and bcc are malignant; nv, bkl, df, vasc benign.
+    assert table.groupby("diagnosis")["label"].first().to_dict() == {
+        "bcc": 1, "bkl": 0, "df": 0, "mel": 1, "nv": 0, "vasc": 0}
+    assert table["group"].str.startswith("HAM_").all()
+    assert_groups_never_cross_splits(table)
+    assert set(table["split"]) == {"train", "val", "test"}
+    # Each split holds both classes.
+    assert (table.groupby("split")["label"].nunique() == 2).all()
+
+
+def test_isic_archive_layout_with_diagnosis_1(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "isic"
+    rows = []
+    for i in range(40):
+        isic_id = f"ISIC_{i:07d}"
+        make_image(root / f"{isic_id}.jpg", colour=(i * 6, 100, 50))
+        rows.append({"isic_id": isic_id, "diagnosis_1": ["Benign", "Malignant", "Indeterminate", "Benign"][i % 4],
+                     "patient_id": f"IP_{i // 4}", "lesion_id": f"IL_{i // 2}"})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    table = prepare(monkeypatch, root, tmp_path / "out")
+    assert "excluded 10 rows with diagnosis 'Indeterminate'" in capsys.readouterr().out
+    assert len(table) == 30
+    assert table.set_index("isic_id")["label"]["ISIC_0000001"] == 1
+    assert table.set_index("isic_id")["label"]["ISIC_0000000"] == 0
+    assert table["group"].str.startswith("IP_").all()  # a patient is the widest group
+    assert_groups_never_cross_splits(table)
+
+
+def test_isic_archive_layout_with_benign_malignant_and_images_folder(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "legacy"
+    rows = []
+    for i in range(20):
+        make_image(root / "images" / f"ISIC_{i:07d}.jpg", colour=(i * 10, 80, 80))
+        rows.append({"isic_id": f"ISIC_{i:07d}", "benign_malignant": ["benign", "malignant"][i % 2]})
+    rows[0]["benign_malignant"] = "indeterminate/benign"
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    table = prepare(monkeypatch, root / "metadata.csv", tmp_path / "out")  # a CSV path works too
+    assert "excluded 1 rows with diagnosis 'indeterminate/benign'" in capsys.readouterr().out
+    assert len(table) == 19 and table["label"].sum() == 10
+    assert (table["group"] == table["isic_id"]).all()  # no lesion or patient ids: each image its own group
+
+
+def test_isic_2024_layout(tmp_path, monkeypatch):
+    root = tmp_path / "isic2024"
+    rows = []
+    for i in range(30):
+        make_image(root / "train-image" / "image" / f"ISIC_{i:07d}.jpg", colour=(i * 8, 120, 90))
+        rows.append({"isic_id": f"ISIC_{i:07d}", "target": int(i % 3 == 0), "patient_id": f"IP_{i % 7}"})
+    pd.DataFrame(rows).to_csv(root / "train-metadata.csv", index=False)
+    table = prepare(monkeypatch, root, tmp_path / "out")
+    assert len(table) == 30 and table["label"].sum() == 10
+    assert table["group"].nunique() == 7
+    assert_groups_never_cross_splits(table)
+
+
+def test_folder_per_class_and_identical_files_share_a_group(tmp_path, monkeypatch):
+    root = tmp_path / "folders"
+    for i in range(12):
+        make_image(root / "benign" / f"b{i}.png", colour=(i * 20, 50, 50))
+        make_image(root / "malignant" / f"m{i}.jpg", colour=(50, i * 20, 50))
+    (root / "benign" / "copy_of_b3.png").write_bytes((root / "benign" / "b3.png").read_bytes())
+    (root / "benign" / "notes.txt").write_text("not an image")
+    table = prepare(monkeypatch, root, tmp_path / "out")
+    assert len(table) == 25
+    assert table["label"].sum() == 12
+    by_id = table.set_index("isic_id")
+    assert by_id.loc["copy_of_b3", "group"] == by_id.loc["b3", "group"]
+    assert by_id.loc["copy_of_b3", "split"] == by_id.loc["b3", "split"]
+
+
+def test_unknown_columns_give_a_clear_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mine.csv").write_text("name,verdict\na.jpg,bad\n")
+    code = run_main(prepare_data, "--source", tmp_path / "mine.csv", "--out", tmp_path / "out",
+                    monkeypatch=monkeypatch)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "mine.csv: name, verdict" in error           # what it found
+    assert "image_id, dx, lesion_id" in error or "dx, image_id, lesion_id" in error  # what it expected
+    assert "benign_malignant" in error and "diagnosis_1" in error
+
+
+def test_nothing_usable_is_an_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "metadata.csv").write_text("isic_id,benign_malignant\nISIC_0000001,benign\n")
+    code = run_main(prepare_data, "--source", tmp_path, "--out", tmp_path / "out", monkeypatch=monkeypatch)
+    assert code == 2
+    assert "no usable rows remain" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "labels.csv").exists()
+
+
+def test_synthetic_set_is_deterministic_and_split_by_seed(tmp_path, monkeypatch):
+    options = ["--synthetic-count", 60, "--synthetic-size", 32]
+    first = prepare(monkeypatch, "synthetic", tmp_path / "a", *options)
+    again = prepare(monkeypatch, "synthetic", tmp_path / "b", *options)
+    other = prepare(monkeypatch, "synthetic", tmp_path / "c", *options, "--seed", 1)
+    pd.testing.assert_frame_equal(first, again)
+    image = "images/SYN_00007.jpg"
+    assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+    assert not first["label"].equals(other["label"])
+    assert set(first["label"]) == {0, 1}
+    # Images inside the output folder are stored relative to it, so the folder can be moved.
+    assert first["image_path"].str.startswith("images/").all()
+
+
+def test_split_is_stratified_with_the_requested_fractions(tmp_path, monkeypatch):
+    table = prepare(monkeypatch, "synthetic", tmp_path / "s", "--synthetic-count", 200, "--synthetic-size", 24)
+    counts = table["split"].value_counts()
+    assert counts["train"] == pytest.approx(140, abs=2)
+    assert counts["val"] == pytest.approx(30, abs=2) and counts["test"] == pytest.approx(30, abs=2)
+    share = table.groupby("split")["label"].mean()
+    assert share.max() - share.min() < 0.05
+
+
+def test_test_only_and_balanced_subset(tmp_path, monkeypatch):
+    make_ham(tmp_path / "ham", lesions=60)
+    table = prepare(monkeypatch, tmp_path / "ham", tmp_path / "only", "--test-only")
+    assert (table["split"] == "test").all() and len(table) == 120
+    # 120 images, 40 malignant: a balanced subset of 40 takes 20 of each class.
+    subset = prepare(monkeypatch, tmp_path / "ham", tmp_path / "subset", "--max-images", 40, "--balanced")
+    assert len(subset) == 40 and subset["label"].sum() == 20
+    stratified = prepare(monkeypatch, tmp_path / "ham", tmp_path / "strat", "--max-images", 30)
+    assert len(stratified) == 30 and stratified["label"].sum() == 10
+    assert_groups_never_cross_splits(subset)
