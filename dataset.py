@@ -14,6 +14,7 @@ Example (shows what one training batch looks like):
   python dataset.py data/
 """
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -43,9 +44,9 @@ def load_image(path):
             image = image.convert("RGBA")
         return image.convert("RGB")  # L, LA, RGBA, CMYK, YCbCr ... -> RGB
     except FileNotFoundError:
-        raise DataError(f"image not found: {path}; run prepare_data.py again or restore the file")
+        raise DataError(f"image not found: {path}; run prepare_data.py again or restore the file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"cannot decode image {path} ({error}); replace the file or remove its row")
+        raise DataError(f"cannot decode image {path} ({error}); replace the file or remove its row") from None
 
 
 def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -119,6 +120,28 @@ def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, worker
 def loader_options(workers):
     """Worker processes decode images while the model computes; pinned memory speeds copies to a GPU."""
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+class Progress:
+    """A progress line for work that takes more than a few seconds: redrawn in place on a terminal,
+    printed as a new line every 30 s when the output goes to a log file."""
+
+    def __init__(self, what, total):
+        self.what, self.total = what, total
+        self.started = self.last = time.time()
+        self.interactive = sys.stdout.isatty()
+
+    def update(self, done):
+        now = time.time()
+        if now - self.started < 3 or now - self.last < (1 if self.interactive else 30):
+            return
+        self.last = now
+        line = f"  {self.what} {done}/{self.total} images, {done / (now - self.started):.0f} images/s"
+        print("\r" + line if self.interactive else line, end="" if self.interactive else "\n", flush=True)
+
+    def close(self):
+        if self.interactive and self.last > self.started:
+            print("\r\033[K", end="", flush=True)  # erase the line, so the next print starts clean
 
 
 if __name__ == "__main__":

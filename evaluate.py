@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, DataError, build_transforms, load_image, loader_options
+from dataset import CustomDataset, DataError, Progress, build_transforms, load_image, loader_options
 from model import load_checkpoint, pick_device
 
 
@@ -123,28 +122,6 @@ def all_metrics(labels, probabilities, threshold):
 
 # --- Running the model -------------------------------------------------------------------------------
 
-class Progress:
-    """A progress line for work that takes more than a few seconds: redrawn in place on a terminal,
-    printed as a new line every 30 s when the output goes to a log file."""
-
-    def __init__(self, what, total):
-        self.what, self.total = what, total
-        self.started = self.last = time.time()
-        self.interactive = sys.stdout.isatty()
-
-    def update(self, done):
-        now = time.time()
-        if now - self.started < 3 or now - self.last < (1 if self.interactive else 30):
-            return
-        self.last = now
-        line = f"  {self.what} {done}/{self.total} images, {done / (now - self.started):.0f} images/s"
-        print("\r" + line if self.interactive else line, end="" if self.interactive else "\n", flush=True)
-
-    def close(self):
-        if self.interactive and self.last > self.started:
-            print("\r\033[K", end="", flush=True)  # erase the line, so the next print starts clean
-
-
 @torch.inference_mode()  # no gradients: faster, and less memory
 def predict(model, loader, device):
     """P(malignant) for every image of the loader, in order, and the true labels."""
@@ -162,14 +139,14 @@ def predict(model, loader, device):
 # --- Reporting ----------------------------------------------------------------------------------------
 
 def print_report(metrics, at_half):
-    print(f"{'':20s}{'threshold ' + format(metrics['threshold'], '.3f'):>18s}{'threshold 0.5':>16s}")
+    print(f"{'':20s}{'threshold ' + format(metrics['threshold'], '.3g'):>18s}{'threshold 0.5':>16s}")
     for key in ("accuracy", "balanced_accuracy", "recall", "specificity", "precision", "f1"):
         name = "recall (sensitivity)" if key == "recall" else key.replace("_", " ")
         print(f"{name:20s}{metrics[key]:18.3f}{at_half[key]:16.3f}")
     print(f"ROC AUC {metrics['auc']:.3f}   pAUC above 80% TPR {metrics['pauc_80']:.3f} (of 0.2)   "
           f"n = {metrics['n']}")
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    print(f"confusion matrix at {metrics['threshold']:.3f}:  {'called benign':>14s} {'called malignant':>17s}")
+    print(f"confusion matrix at {metrics['threshold']:.3g}:  {'called benign':>14s} {'called malignant':>17s}")
     print(f"{'':24s}benign {tn:14d} {fp:17d}\n{'':21s}malignant {fn:14d} {tp:17d}")
 
 
@@ -190,7 +167,7 @@ def draw_confusion_matrix(matrix, threshold, path, cell=150):
     left, top = 130, 70
     image = Image.new("RGB", (left + 2 * cell + 20, top + 2 * cell + 20), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((left, 15), f"confusion matrix (threshold {threshold:.3f})", fill="black", font=small)
+    draw.text((left, 15), f"confusion matrix (threshold {threshold:.3g})", fill="black", font=small)
     for i, name in enumerate(("benign", "malignant")):
         draw.text((left + i * cell + cell / 2, top - 15), f"called {name}", fill="black", font=small, anchor="mm")
         draw.text((left - 10, top + i * cell + cell / 2), f"truly {name}", fill="black", font=small, anchor="rm")
@@ -241,7 +218,7 @@ def draw_roc(labels, probabilities, metrics, path, size=400):
         draw.line([xy(x, y) for x, y in zip(fpr, tpr)], fill=(30, 60, 200), width=3)
         x, y = xy(1 - metrics["specificity"], metrics["recall"])
         draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(200, 30, 30), width=3)
-        draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3f}", fill=(200, 30, 30), font=small)
+        draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3g}", fill=(200, 30, 30), font=small)
     save_image(image, path)
 
 
@@ -260,14 +237,15 @@ def main():
     device = pick_device(args.device)
     try:
         model, checkpoint = load_checkpoint(args.checkpoint, device)
-        transform = build_transforms(checkpoint["img_size"], train=False, mean=checkpoint["mean"], std=checkpoint["std"])
+        transform = build_transforms(checkpoint["img_size"], train=False,
+                                     mean=checkpoint["mean"], std=checkpoint["std"])
         threshold = checkpoint["threshold"]
         if args.image:
             with torch.inference_mode():
                 logits = model(transform(load_image(args.image)).unsqueeze(0).to(device))
             probability = logits.float().softmax(dim=1)[0, 1].item()
             verdict = "malignant" if probability >= threshold else "benign"
-            print(f"{args.image}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3f})")
+            print(f"{args.image}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g})")
             return
         data = args.data or checkpoint["args"]["data"]
         dataset = CustomDataset(data, args.split, transform)

@@ -24,15 +24,13 @@ import io
 import math
 import os
 import random
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import DataError
+from dataset import DataError, Progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -123,7 +121,8 @@ def read_source(source):
         try:
             meta = pd.read_csv(csv, dtype=str)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8")
+            raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
+                from None
         meta.columns = meta.columns.str.strip()
         for name, columns, reader in LAYOUTS:
             if columns <= set(meta.columns):
@@ -243,19 +242,19 @@ def drop_unusable(table):
     report("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
     table = table.drop_duplicates("isic_id")
 
-    started, results = time.time(), []
+    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
+    results, progress = [], Progress("checked", len(table))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for result in pool.map(inspect_image, table["image_path"], chunksize=64):
             results.append(result)
-            if time.time() - started > 3 and len(results) % 500 == 0:
-                print(f"\r  checked {len(results)}/{len(table)} images", end="", flush=True)
-    if time.time() - started > 3:
-        print(f"\r  checked {len(results)}/{len(table)} images in {time.time() - started:.0f} s")
+            progress.update(len(results))
+    progress.close()
     table["sha1"] = [sha1 for sha1, _ in results]
     reasons = pd.Series([reason for _, reason in results], index=table.index)
     report("image file missing", table.loc[reasons == "missing", "isic_id"])
     unreadable = reasons.notna() & (reasons != "missing")
-    report("image file unreadable", [f"{i} {r}" for i, r in zip(table.loc[unreadable, "isic_id"], reasons[unreadable])])
+    report("image file unreadable", [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
+                                                                     reasons[unreadable])])
     table = table[reasons.isna()]
     if table.empty:
         raise DataError("no usable rows remain: every row lacked a benign/malignant label or a readable "

@@ -17,7 +17,6 @@ Examples:
 """
 import argparse
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dataset import DataError, build_loaders, IMAGENET_MEAN, IMAGENET_STD
-from evaluate import Progress, choose_threshold, predict, roc_auc, threshold_metrics
+from dataset import DataError, IMAGENET_MEAN, IMAGENET_STD, Progress, build_loaders
+from evaluate import choose_threshold, predict, roc_auc, threshold_metrics
 from model import build_model, pick_device, save_checkpoint
 
 
@@ -114,7 +113,9 @@ def main():
                                                args.dry_run)
             train_seconds = time.time() - started
             probabilities, labels = predict(model, val_loader, device)
-            val_loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels)) / len(labels)
+            # The training loss again, from the probability each validation image gave its true class.
+            val_loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels))
+            val_loss /= len(labels)
             val_auc = roc_auc(labels, probabilities)
             val_accuracy = threshold_metrics(labels, probabilities, 0.5)["accuracy"]
             print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
@@ -127,16 +128,18 @@ def main():
                 best_score, best_epoch = score, epoch
                 threshold = choose_threshold(labels, probabilities)
                 val_metrics = {**threshold_metrics(labels, probabilities, threshold), "auc": val_auc, "loss": val_loss}
-                save_checkpoint(args.out, model, model=args.model, img_size=args.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold,
+                save_checkpoint(args.out, model, model=args.model, img_size=args.img_size,
+                                mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold,
                                 val_metrics=val_metrics, epoch=epoch,
                                 args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
             elif epoch - best_epoch >= args.patience:
                 print(f"no improvement for {args.patience} epochs: stopping early")
                 break
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the best epoch so far ({best_epoch}) is saved in {args.out}")
-        raise SystemExit(130)
-    print(f"best epoch {best_epoch} (val AUC {val_metrics['auc']:.3f}, threshold {threshold:.3f}) saved to {args.out}")
+        saved = f"the best epoch so far ({best_epoch}) is saved in {args.out}" if best_epoch else "nothing saved yet"
+        print(f"\ninterrupted; {saved}")
+        raise SystemExit(130) from None
+    print(f"best epoch {best_epoch} (val AUC {val_metrics['auc']:.3f}, threshold {threshold:.3g}) saved to {args.out}")
 
 
 if __name__ == "__main__":

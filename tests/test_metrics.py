@@ -85,3 +85,13 @@ def test_choose_threshold_maximises_balanced_accuracy():
     scores = [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]
     assert choose_threshold(labels, scores) == 0.6
     assert threshold_metrics(labels, scores, 0.6)["balanced_accuracy"] == pytest.approx(0.875)
+
+
+def test_report_on_one_class_writes_null_and_still_draws(tmp_path):
+    from evaluate import draw_confusion_matrix, draw_roc, without_nan
+
+    metrics = all_metrics([0, 0, 0], [0.2, 0.7, 0.4], 0.5)
+    assert without_nan(metrics)["auc"] is None and without_nan(metrics)["specificity"] == pytest.approx(2 / 3)
+    draw_roc([0, 0, 0], [0.2, 0.7, 0.4], metrics, tmp_path / "roc.png")
+    draw_confusion_matrix(metrics["confusion_matrix"], 0.5, tmp_path / "cm.png")
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "cm.png").stat().st_size > 0
