@@ -13,6 +13,7 @@ on chance.
 Example (shows what one training batch looks like):
   python dataset.py data/
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,10 +34,18 @@ class DataError(Exception):
     """Input the pipeline cannot use. The message names the file and what to do about it."""
 
 
+def refuse_huge(image, path):
+    """A file of a few kB can claim billions of pixels (a "decompression bomb"); refuse it before decoding."""
+    if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        raise DataError(f"{path} claims {image.width}x{image.height} pixels, more than the "
+                        f"{Image.MAX_IMAGE_PIXELS:,} allowed (a decompression-bomb guard); resize it if it is real")
+
+
 def load_image(path):
     """Open any image as 8-bit RGB, upright as the camera meant it, or raise DataError naming it."""
     try:
         image = Image.open(path)
+        refuse_huge(image, path)
         image = ImageOps.exif_transpose(image)  # phones store "rotate 90°" as a tag, not as pixels
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale 0..65535 down to 0..255
             image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
@@ -73,6 +82,15 @@ def read_labels(data_dir):
     missing = {"isic_id", "image_path", "label", "split"} - set(table.columns)
     if missing:
         raise DataError(f"{csv} lacks the columns {sorted(missing)}; write it with prepare_data.py")
+    wrong = table.index[~table["label"].isin([0, 1])]
+    if len(wrong):
+        raise DataError(f"{csv}, line {wrong[0] + 2}: label '{table['label'][wrong[0]]}' is not 0 (benign) or "
+                        f"1 (malignant); write the file with prepare_data.py")
+    # A relative path must stay inside the data folder: '../../somewhere' in an edited file is refused.
+    root = os.path.normpath(csv.parent)
+    for line, path in enumerate(table["image_path"], start=2):
+        if not Path(path).is_absolute() and not Path(os.path.normpath(csv.parent / path)).is_relative_to(root):
+            raise DataError(f"{csv}, line {line}: image path {path} leads outside {root}; fix or remove the row")
     table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute
     return table
 

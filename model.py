@@ -70,27 +70,48 @@ def build_model(name, pretrained=False):
 # --- Checkpoints -----------------------------------------------------------------------------------
 # A checkpoint holds the weights plus everything needed to use them again: which model, what image
 # size and normalisation it was trained with, and the decision threshold chosen on validation.
-# It holds only tensors, numbers, strings, lists and dicts, so it can be loaded with weights_only=True,
-# which refuses files that would run code when unpickled.
+# During training it also holds the state to resume from (see train.py --resume). It holds only
+# tensors, numbers, strings, lists and dicts, so it can be loaded with weights_only=True, which
+# refuses any file that would run code while it is unpickled.
 
-def save_checkpoint(path, network, **info):
-    """Write the network's weights and `info` (model=name, img_size=..., ...) to path, atomically."""
-    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+def save_checkpoint(path, state_dict, **info):
+    """Write weights and `info` (model=name, img_size=..., ...) to path, atomically."""
     tmp = f"{path}.tmp"
-    torch.save({"state_dict": state, **info}, tmp)
+    torch.save({"state_dict": state_dict, **info}, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def read_checkpoint(path, device="cpu"):
+    """The checkpoint's contents, or ValueError saying what is wrong with the file."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} not found; train one with train.py --out {path}") from None
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any reference to a Python function or class ("GLOBAL" in pickle's terms):
+        # that is how a pickle runs code. Anything else it cannot read is simply not a checkpoint.
+        if "GLOBAL" not in str(error):
+            raise ValueError(f"{path} is not a checkpoint (torch cannot read it)") from None
+        raise ValueError(f"refused to load {path}: besides weights it holds Python objects that could run code "
+                         "when loaded. train.py never writes such files; do not load it unless you trust "
+                         "whoever made it") from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is not a checkpoint (torch cannot read it: {error!r})") from None
+    expected = {"state_dict", "model", "img_size", "mean", "std", "threshold"}
+    if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
+        raise ValueError(f"{path} is not a checkpoint written by train.py (it lacks {sorted(expected)})")
+    return checkpoint
 
 
 def load_checkpoint(path, device="cpu"):
     """(model ready for inference, the checkpoint's other entries); ValueError naming the file if unusable."""
+    checkpoint = read_checkpoint(path, device)
+    model = build_model(checkpoint["model"])
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        model = build_model(checkpoint["model"])
         model.load_state_dict(checkpoint.pop("state_dict"))
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint {path} not found; train one with train.py --out {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a checkpoint that train.py wrote for this model ({error})") from None
+    except RuntimeError:
+        raise ValueError(f"the weights in {path} do not fit the '{checkpoint['model']}' model it names "
+                         "(another architecture's weights, or an edited file)") from None
     return model.to(device).eval(), checkpoint
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import DataError, Progress
+from dataset import DataError, Progress, refuse_huge
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -105,6 +105,15 @@ def find_image(folders, image_id):
     return next((path for path in candidates if path.exists()), candidates[0])
 
 
+def refuse_paths_outside(table, csv):
+    """An id such as '../../etc/passwd' in a CSV must not become a path outside the data folder."""
+    root = os.path.normpath(csv.parent)
+    for isic_id, path in zip(table["isic_id"], table["image_path"]):
+        if not Path(os.path.normpath(path)).is_relative_to(root):
+            raise DataError(f"{csv}: image id {isic_id!r} leads outside {root}; fix or remove that row")
+    return table
+
+
 def read_source(source):
     """Detect the layout of a CSV file or a folder and read it into the common columns."""
     if not source.exists():
@@ -120,14 +129,16 @@ def read_source(source):
     for csv in csvs:
         try:
             meta = pd.read_csv(csv, dtype=str)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
             raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
                 from None
         meta.columns = meta.columns.str.strip()
         for name, columns, reader in LAYOUTS:
             if columns <= set(meta.columns):
                 print(f"layout: {name}, from {csv} ({len(meta)} rows)")
-                return reader(csv, meta)
+                return refuse_paths_outside(reader(csv, meta), csv)
         seen.append(f"{csv.name}: {', '.join(meta.columns)}")
     expected = "; ".join(f"{name}: {', '.join(sorted(columns))}" for name, columns, _ in LAYOUTS)
     raise DataError(f"no known layout in {source}. Found columns - {' | '.join(seen)}. "
@@ -210,6 +221,7 @@ def inspect_image(path):
     try:
         data = Path(path).read_bytes()
         image = Image.open(io.BytesIO(data))
+        refuse_huge(image, path)
         # Decode at 1/8 scale: JPEG can do that almost for free, and it still reads every byte,
         # so a truncated file is caught without the cost of a full-size decode.
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
@@ -217,7 +229,7 @@ def inspect_image(path):
         return hashlib.sha1(data).hexdigest(), None
     except FileNotFoundError:
         return None, "missing"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, DataError) as error:
         return None, f"unreadable ({error})"
 
 
@@ -324,6 +336,24 @@ def assign_splits(table, fractions, seed):
     return table["group"].map(split_of_group)
 
 
+def check_both_classes(table, test_only):
+    """A model needs both classes to learn from, and every split needs both to be scored."""
+    for split, rows in table.groupby("split"):
+        for label, name in ((0, "benign"), (1, "malignant")):
+            if label in set(rows["label"]):
+                continue
+            if test_only:
+                print(f"warning: no {name} images, so AUC and {'sensitivity' if label else 'specificity'} "
+                      "will be undefined on this test set")
+            elif label not in set(table["label"]):
+                raise DataError(f"no {name} images at all ({len(table)} {'malignant' if label == 0 else 'benign'});"
+                                " a classifier needs examples of both classes")
+            else:
+                raise DataError(f"the {split} split has no {name} images: only "
+                                f"{table.loc[table['label'] == label, 'group'].nunique()} {name} groups in all; "
+                                "add images, or change --val-fraction / --test-fraction")
+
+
 def print_counts(table):
     counts = pd.crosstab(table["split"], table["label"].map({0: "benign", 1: "malignant"}), margins=True,
                          margins_name="total")
@@ -364,6 +394,7 @@ def main():
             fractions = {"train": 1 - args.val_fraction - args.test_fraction,
                          "val": args.val_fraction, "test": args.test_fraction}
             table["split"] = assign_splits(table, fractions, args.seed)
+        check_both_classes(table, args.test_only)
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
 

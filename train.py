@@ -6,18 +6,21 @@ is scored on the validation images, which it never trains on; the epoch with the
 is kept, and training stops early once that has not improved for --patience epochs. The decision
 threshold is chosen on validation too, so the test split stays untouched until evaluate.py.
 
-Writes one checkpoint (default checkpoints/<model>.pt): the weights, and everything evaluate.py needs
-to use them (model name, image size, normalisation, threshold, validation metrics, these arguments).
+Writes one checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, everything
+evaluate.py needs to use them (model name, image size, normalisation, threshold, validation metrics,
+these arguments) and, until the run ends, the state to resume it from.
 
 Examples:
   python train.py                                          # the baseline CNN on data/
   python train.py --model resnet --epochs 20
   python train.py --model resnet --pretrained --img-size 224 --device cuda
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
+  python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
 """
 import argparse
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from torch import nn
 
 from dataset import DataError, IMAGENET_MEAN, IMAGENET_STD, Progress, build_loaders
 from evaluate import choose_threshold, predict, roc_auc, threshold_metrics
-from model import build_model, pick_device, save_checkpoint
+from model import build_model, pick_device, read_checkpoint, save_checkpoint
 
 
 def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, dry_run=False):
@@ -47,6 +50,29 @@ def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, 
             break
     progress.close()
     return total_loss / seen, seen
+
+
+def snapshot(model):
+    """A copy of the weights on the CPU, safe from further training."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+def random_state(generator):
+    """Every random number generator that training draws from, so a resumed run draws the same numbers."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_random_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    generator.set_state(state["loader"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # `kill`, a cluster's time limit, a shutdown: stop as on Ctrl-C
 
 
 def main():
@@ -70,8 +96,22 @@ def main():
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue an interrupted run from its checkpoint, with that run's arguments")
     parser.add_argument("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
     args = parser.parse_args()
+    resumed = None
+    if args.resume:
+        # The interrupted run's arguments, except where this machine may differ (device, workers).
+        try:
+            resumed = read_checkpoint(args.resume)
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        if "training_state" not in resumed:
+            parser.exit(2, f"error: the run in {args.resume} finished (best epoch {resumed['epoch']}); "
+                           "nothing to resume\n")
+        args = argparse.Namespace(**{**resumed["args"], "resume": args.resume, "device": args.device,
+                                     "workers": args.workers})
     if args.lr is None:
         args.lr = 3e-4 if args.pretrained else 1e-3
     args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
@@ -104,10 +144,25 @@ def main():
     # Cosine schedule: large steps early to make progress, ever smaller ones to settle into a minimum.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
 
+    # What the checkpoint keeps of the best epoch so far (the weights and what evaluate.py needs).
+    best = {"epoch": 0, "score": -math.inf}
+    first_epoch = 1
+    if resumed:
+        state = resumed["training_state"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_random_state(state["random"], train_loader.generator)
+        best = {"epoch": resumed["epoch"], "score": state["best_score"], "weights": resumed["state_dict"],
+                "threshold": resumed["threshold"], "val_metrics": resumed["val_metrics"]}
+        first_epoch = state["epoch"] + 1
+        print(f"resuming {args.resume} after epoch {state['epoch']} of {args.epochs}")
+
+    saved_epoch = first_epoch - 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    best_score, best_epoch = -math.inf, 0
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(first_epoch, args.epochs + 1):
             started = time.time()
             train_loss, seen = train_one_epoch(model, train_loader, loss_function, optimizer, scheduler, device,
                                                args.dry_run)
@@ -124,22 +179,37 @@ def main():
 
             # AUC needs both classes in val; a val split with one class falls back to the loss.
             score = -val_loss if math.isnan(val_auc) else val_auc
-            if score > best_score:
-                best_score, best_epoch = score, epoch
+            if score > best["score"]:
                 threshold = choose_threshold(labels, probabilities)
-                val_metrics = {**threshold_metrics(labels, probabilities, threshold), "auc": val_auc, "loss": val_loss}
-                save_checkpoint(args.out, model, model=args.model, img_size=args.img_size,
-                                mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=threshold,
-                                val_metrics=val_metrics, epoch=epoch,
-                                args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
-            elif epoch - best_epoch >= args.patience:
-                print(f"no improvement for {args.patience} epochs: stopping early")
+                best = {"epoch": epoch, "score": score, "weights": snapshot(model), "threshold": threshold,
+                        "val_metrics": {**threshold_metrics(labels, probabilities, threshold),
+                                        "auc": val_auc, "loss": val_loss}}
+            finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
+            # Saved after every epoch: the best weights for evaluate.py and, until the run is finished,
+            # everything needed to carry on from here after a crash, Ctrl-C or kill.
+            training_state = {} if finished else {"training_state": {
+                "epoch": epoch, "model": snapshot(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
+                "best_score": best["score"]}}
+            save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
+                            mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=best["threshold"],
+                            val_metrics=best["val_metrics"], epoch=best["epoch"],
+                            args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                            **training_state)
+            saved_epoch = epoch
+            if finished:
+                if epoch < args.epochs:
+                    print(f"no improvement for {args.patience} epochs: stopping early")
                 break
     except KeyboardInterrupt:
-        saved = f"the best epoch so far ({best_epoch}) is saved in {args.out}" if best_epoch else "nothing saved yet"
-        print(f"\ninterrupted; {saved}")
+        saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {args.out}"
+                 if saved_epoch else "nothing saved yet")
+        print(f"\ninterrupted; {saved}", flush=True)
         raise SystemExit(130) from None
-    print(f"best epoch {best_epoch} (val AUC {val_metrics['auc']:.3f}, threshold {threshold:.3g}) saved to {args.out}")
+    except DataError as error:  # an image that went missing or bad since prepare_data.py checked it
+        parser.exit(2, f"error: {error}\n")
+    print(f"best epoch {best['epoch']} (val AUC {best['val_metrics']['auc']:.3f}, threshold {best['threshold']:.3g}) "
+          f"saved to {args.out}")
 
 
 if __name__ == "__main__":
