@@ -10,9 +10,10 @@ the label must not depend on; showing them teaches the model to ignore them, whi
 there are only a few hundred images. Evaluation images are never augmented: a score must not depend
 on chance.
 
-Example (shows what one training batch looks like):
-  python dataset.py data/
+Example (prints one training batch, and draws a few images as the model sees them):
+  python dataset.py data/ --out augmentations.png
 """
+import argparse
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
@@ -162,9 +163,50 @@ class Progress:
             print("\r\033[K", end="", flush=True)  # erase the line, so the next print starts clean
 
 
+def to_picture(tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Undo the normalisation of one image tensor, for showing it."""
+    tensor = tensor.cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return v2.functional.to_pil_image(tensor.clamp(0, 1))
+
+
+def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0):
+    """What the model sees: a few training images, as evaluated and after random augmentations."""
+    dataset = CustomDataset(data_dir, "train", build_transforms(img_size, train=True))
+    plain = build_transforms(img_size, train=False)
+    font = ImageFont.load_default(14)
+    label_width, header = 110, 30
+    grid = Image.new("RGB", (label_width + (1 + variants) * (img_size + 4), header + rows * (img_size + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for column, title in enumerate(["as evaluated"] + [f"augmented {i + 1}" for i in range(variants)]):
+        draw.text((label_width + column * (img_size + 4) + img_size / 2, header / 2), title, fill="black",
+                  font=font, anchor="mm")
+    # Alternate the classes, so both are shown; a private random state leaves training's untouched.
+    by_class = [dataset.table.index[dataset.table["label"] == label].tolist() for label in (0, 1)]
+    picks = [by_class[r % 2][r // 2] for r in range(rows) if r // 2 < len(by_class[r % 2])]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for row, index in enumerate(picks):
+            image = load_image(dataset.table["image_path"][index])
+            top = header + row * (img_size + 4)
+            draw.text((8, top + img_size / 2), "malignant" if dataset.table["label"][index] else "benign",
+                      fill="black", font=font, anchor="lm")
+            for column, transform in enumerate([plain] + [dataset.transform] * variants):
+                grid.paste(to_picture(transform(image)), (label_width + column * (img_size + 4), top))
+    tmp = f"{path}.tmp"
+    grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
-    data_dir = sys.argv[1] if len(sys.argv) > 1 else "data"
-    train_loader, _ = build_loaders(data_dir, img_size=128, batch_size=8)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default="data", help="folder with labels.csv")
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--out", default=None, help="where to draw the grid (default: DATA/augmentations.png)")
+    args = parser.parse_args()
+    train_loader, _ = build_loaders(args.data, args.img_size, batch_size=8)
     images, labels = next(iter(train_loader))
     print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
           f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")
+    out = args.out or Path(args.data) / "augmentations.png"
+    draw_augmentation_grid(args.data, args.img_size, out)
+    print(f"drew {out}")

@@ -11,7 +11,8 @@ and, over all thresholds at once:
   pAUC above 80 % TPR   the ISIC 2024 challenge metric: area under the ROC curve where sensitivity
                         is at least 80 %, the only region a screening tool can use (0 to 0.2)
 
-Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png and OUT/roc.png.
+Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png
+(where the model looked, on its most confident hits and misses).
 
 Examples:
   python evaluate.py checkpoints/baseline.pt
@@ -28,9 +29,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, DataError, Progress, build_transforms, load_image, loader_options
+from dataset import CustomDataset, DataError, Progress, build_transforms, load_image, loader_options, to_picture
 from model import load_checkpoint, pick_device
 
 
@@ -136,6 +138,63 @@ def predict(model, loader, device):
     return probabilities, labels
 
 
+# --- Where the model looked: Grad-CAM ------------------------------------------------------------------
+# Grad-CAM (Selvaraju et al., ICCV 2017): take the feature maps of the last convolution, weight each map
+# by how much the malignant log-odds rise when that map rises (its gradient, averaged over the map), add
+# them up and keep the positive part. Bright regions are the evidence the model used for "malignant".
+
+def grad_cam(model, image):
+    """A map in [0, 1] of the image's size (image: one normalised tensor, C x H x W)."""
+    last_convolution = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    captured = {}
+    hook = last_convolution.register_forward_hook(lambda module, inputs, output: captured.update(maps=output))
+    try:
+        with torch.enable_grad():
+            logits = model(image.unsqueeze(0))
+            maps = captured["maps"]
+            (gradients,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], maps)
+    finally:
+        hook.remove()
+    weights = gradients.mean(dim=(2, 3), keepdim=True)             # one weight per feature map
+    cam = torch.relu((weights * maps).sum(dim=1, keepdim=True)).detach()
+    cam = nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam -= cam.min()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def overlay(picture, cam):
+    """The picture with the map laid over it as heat: transparent where 0, yellow-red where 1."""
+    heat = torch.stack([(3 * cam).clamp(0, 1), (3 * cam - 1).clamp(0, 1), (3 * cam - 2).clamp(0, 1) * 0.3])
+    heat_image = Image.fromarray((heat.permute(1, 2, 0) * 255).byte().cpu().numpy())
+    opacity = Image.fromarray((cam * 180).byte().cpu().numpy())
+    return Image.composite(heat_image, picture, opacity)
+
+
+def draw_grad_cam_gallery(model, dataset, probabilities, labels, threshold, path, device, mean, std, per_row=3):
+    """The most confident hits and misses, each as seen and with its Grad-CAM map."""
+    ranked = sorted(range(len(labels)), key=lambda i: -probabilities[i])
+    rows = {"true positives (most confident)": [i for i in ranked if labels[i] and probabilities[i] >= threshold],
+            "false negatives (most confident)": [i for i in ranked[::-1] if labels[i] and probabilities[i] < threshold],
+            "false positives (most confident)": [i for i in ranked if not labels[i] and probabilities[i] >= threshold]}
+    size = dataset[0][0].shape[-1]
+    font = ImageFont.load_default(13)
+    cell_width, cell_height = 2 * size + 12, size + 40
+    gallery = Image.new("RGB", (per_row * cell_width, len(rows) * cell_height), "white")
+    draw = ImageDraw.Draw(gallery)
+    for row, (title, indices) in enumerate(rows.items()):
+        top = row * cell_height
+        draw.text((4, top + 4), title if indices else f"{title}: none", fill="black", font=font)
+        for column, index in enumerate(indices[:per_row]):
+            image = dataset[index][0].to(device)
+            picture = to_picture(image, mean, std)
+            left = column * cell_width
+            gallery.paste(picture, (left, top + 22))
+            gallery.paste(overlay(picture, grad_cam(model, image)), (left + size + 4, top + 22))
+            draw.text((left, top + 24 + size), f"{dataset.table['isic_id'][index]}  p={probabilities[index]:.2f}",
+                      fill="black", font=font)
+    save_image(gallery, path)
+
+
 # --- Reporting ----------------------------------------------------------------------------------------
 
 def print_report(metrics, at_half):
@@ -185,30 +244,43 @@ def draw_confusion_matrix(matrix, threshold, path, cell=150):
     save_image(image, path)
 
 
-def draw_roc(labels, probabilities, metrics, path, size=400):
+class Chart:
+    """A frame with ticks, axis labels and a title, drawn with Pillow; `xy` maps data to pixels."""
+
+    def __init__(self, title, x_label, y_label, x_max, y_max, x_ticks, y_ticks, size=(400, 400)):
+        self.font = ImageFont.load_default(14)
+        self.left, self.top, (self.width, self.height) = 75, 40, size
+        self.x_max, self.y_max = x_max, y_max
+        self.image = Image.new("RGB", (self.left + self.width + 30, self.top + self.height + 60), "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.draw.rectangle([*self.xy(0, y_max), *self.xy(x_max, 0)], outline="black")
+        for tick in x_ticks:
+            x, y = self.xy(tick, 0)
+            self.draw.line([(x, y), (x, y + 5)], fill="black")
+            self.draw.text((x, y + 8), f"{tick:g}", fill="black", font=self.font, anchor="mt")
+        for tick in y_ticks:
+            x, y = self.xy(0, tick)
+            self.draw.line([(x, y), (x - 5, y)], fill="black")
+            self.draw.text((x - 8, y), f"{tick:g}", fill="black", font=self.font, anchor="rm")
+        self.draw.text((self.left, 12), title, fill="black", font=self.font)
+        self.draw.text((self.left + self.width / 2, self.top + self.height + 30), x_label, fill="black",
+                       font=self.font, anchor="mt")
+        label = Image.new("RGB", (self.height, 20), "white")  # the y label, written sideways
+        ImageDraw.Draw(label).text((self.height / 2, 10), y_label, fill="black", font=self.font, anchor="mm")
+        self.image.paste(label.rotate(90, expand=True), (4, self.top))
+
+    def xy(self, x, y):
+        """Data coordinates to pixels; y grows upwards on a chart, downwards in an image."""
+        return self.left + x / self.x_max * self.width, self.top + (1 - y / self.y_max) * self.height
+
+
+def draw_roc(labels, probabilities, metrics, path):
     """The ROC curve, the chance diagonal, the pAUC region shaded, and the operating point marked."""
     fpr, tpr, _ = roc_curve(labels, probabilities)
-    small = ImageFont.load_default(14)
-    left, top = 60, 40
-    image = Image.new("RGB", (left + size + 30, top + size + 60), "white")
-    draw = ImageDraw.Draw(image)
-
-    def xy(x, y):  # ROC coordinates (0..1) to pixels; y grows upwards on a plot, downwards on an image
-        return left + x * size, top + (1 - y) * size
-
-    draw.rectangle([*xy(0, 1), *xy(1, 0)], outline="black")
-    for tick in (0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        draw.line([xy(tick, 0), (xy(tick, 0)[0], xy(tick, 0)[1] + 5)], fill="black")
-        draw.text((xy(tick, 0)[0], xy(tick, 0)[1] + 8), f"{tick:.1f}", fill="black", font=small, anchor="mt")
-        draw.line([xy(0, tick), (xy(0, tick)[0] - 5, xy(0, tick)[1])], fill="black")
-        draw.text((xy(0, tick)[0] - 8, xy(0, tick)[1]), f"{tick:.1f}", fill="black", font=small, anchor="rm")
-    draw.text(xy(0.5, -0.1), "false positive rate (1 - specificity)", fill="black", font=small, anchor="mt")
-    y_label = Image.new("RGB", (size, 20), "white")
-    ImageDraw.Draw(y_label).text((size / 2, 10), "true positive rate (sensitivity)", fill="black", font=small,
-                                 anchor="mm")
-    image.paste(y_label.rotate(90, expand=True), (8, top))
-    draw.text((left, 12), f"ROC   AUC {metrics['auc']:.3f}   pAUC(TPR>=0.8) {metrics['pauc_80']:.3f}",
-              fill="black", font=small)
+    ticks = (0, 0.2, 0.4, 0.6, 0.8, 1)
+    chart = Chart(f"ROC   AUC {metrics['auc']:.3f}   pAUC(TPR>=0.8) {metrics['pauc_80']:.3f}",
+                  "false positive rate (1 - specificity)", "true positive rate (sensitivity)", 1, 1, ticks, ticks)
+    xy, draw = chart.xy, chart.draw
     draw.line([xy(0, 0), xy(1, 1)], fill=(170, 170, 170), width=1)  # a classifier that guesses
     draw.line([xy(0, 0.8), xy(1, 0.8)], fill=(230, 180, 180), width=1)
     if fpr:
@@ -218,8 +290,8 @@ def draw_roc(labels, probabilities, metrics, path, size=400):
         draw.line([xy(x, y) for x, y in zip(fpr, tpr)], fill=(30, 60, 200), width=3)
         x, y = xy(1 - metrics["specificity"], metrics["recall"])
         draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(200, 30, 30), width=3)
-        draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3g}", fill=(200, 30, 30), font=small)
-    save_image(image, path)
+        draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3g}", fill=(200, 30, 30), font=chart.font)
+    save_image(chart.image, path)
 
 
 def main():
@@ -240,12 +312,17 @@ def main():
         transform = build_transforms(checkpoint["img_size"], train=False,
                                      mean=checkpoint["mean"], std=checkpoint["std"])
         threshold = checkpoint["threshold"]
+        out = Path(args.out or Path("reports") / Path(args.checkpoint).stem)
+        out.mkdir(parents=True, exist_ok=True)
         if args.image:
+            image = transform(load_image(args.image)).to(device)
             with torch.inference_mode():
-                logits = model(transform(load_image(args.image)).unsqueeze(0).to(device))
-            probability = logits.float().softmax(dim=1)[0, 1].item()
+                probability = model(image.unsqueeze(0)).float().softmax(dim=1)[0, 1].item()
             verdict = "malignant" if probability >= threshold else "benign"
             print(f"{args.image}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g})")
+            picture = to_picture(image, checkpoint["mean"], checkpoint["std"])
+            save_image(overlay(picture, grad_cam(model, image)), out / f"grad_cam_{Path(args.image).stem}.png")
+            print(f"where it looked: {out / f'grad_cam_{Path(args.image).stem}.png'}")
             return
         data = args.data or checkpoint["args"]["data"]
         dataset = CustomDataset(data, args.split, transform)
@@ -259,8 +336,6 @@ def main():
     print(f"{args.checkpoint} ({checkpoint['model']}) on the {args.split} split of {data}:")
     print_report(metrics, at_half)
 
-    out = Path(args.out or Path("reports") / Path(args.checkpoint).stem)
-    out.mkdir(parents=True, exist_ok=True)
     report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoint": str(args.checkpoint),
               "model": checkpoint["model"], "data": str(data), "split": args.split}
     with open(out / "metrics.json.tmp", "w") as file:
@@ -272,7 +347,9 @@ def main():
     os.replace(out / "predictions.csv.tmp", out / "predictions.csv")
     draw_confusion_matrix(metrics["confusion_matrix"], threshold, out / "confusion_matrix.png")
     draw_roc(labels, probabilities, metrics, out / "roc.png")
-    print(f"wrote metrics.json, predictions.csv, confusion_matrix.png and roc.png to {out}")
+    draw_grad_cam_gallery(model, dataset, probabilities, labels, threshold, out / "grad_cam.png", device,
+                          checkpoint["mean"], checkpoint["std"])
+    print(f"wrote metrics.json, predictions.csv, confusion_matrix.png, roc.png and grad_cam.png to {out}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ threshold is chosen on validation too, so the test split stays untouched until e
 
 Writes one checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, everything
 evaluate.py needs to use them (model name, image size, normalisation, threshold, validation metrics,
-these arguments) and, until the run ends, the state to resume it from.
+these arguments) and, until the run ends, the state to resume it from. Beside it: <model>-log.csv and
+<model>-curves.png (how training went, epoch by epoch) and <model>-augmentations.png (what it saw).
 
 Examples:
   python train.py                                          # the baseline CNN on data/
@@ -19,16 +20,19 @@ Examples:
 """
 import argparse
 import math
+import os
 import random
 import signal
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 
-from dataset import DataError, IMAGENET_MEAN, IMAGENET_STD, Progress, build_loaders
-from evaluate import choose_threshold, predict, roc_auc, threshold_metrics
+from dataset import DataError, IMAGENET_MEAN, IMAGENET_STD, Progress, build_loaders, draw_augmentation_grid
+from evaluate import Chart, choose_threshold, predict, roc_auc, save_image, threshold_metrics
 from model import build_model, pick_device, read_checkpoint, save_checkpoint
 
 
@@ -50,6 +54,33 @@ def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, 
             break
     progress.close()
     return total_loss / seen, seen
+
+
+def draw_curves(history, best_epoch, path):
+    """Loss (train and validation) and validation AUC per epoch, side by side, the best epoch marked."""
+    last = max(history[-1]["epoch"], 2)
+    epochs = range(0, last + 1, math.ceil(last / 6))
+    top = max(max(row["train_loss"], row["val_loss"]) for row in history) * 1.1
+    step = 10 ** math.floor(math.log10(top / 4))
+    step *= next(m for m in (1, 2, 5, 10) if step * m >= top / 4)  # a round step: 0.1, 0.2, 0.5, 1 ...
+    loss = Chart("loss: train (blue), validation (orange)", "epoch", "cross-entropy", last, top, epochs,
+                 [round(k * step, 6) for k in range(int(top / step) + 1)])
+    auc = Chart(f"validation AUC (best: epoch {best_epoch})", "epoch", "AUC", last, 1, epochs,
+                (0, 0.2, 0.4, 0.6, 0.8, 1))
+    for chart, series in ((loss, {"train_loss": (30, 60, 200), "val_loss": (230, 120, 20)}),
+                          (auc, {"val_auc": (30, 150, 60)})):
+        x = chart.xy(best_epoch, 0)[0]
+        chart.draw.line([(x, chart.top), (x, chart.top + chart.height)], fill=(190, 190, 190), width=2)
+        for key, colour in series.items():
+            points = [chart.xy(row["epoch"], row[key]) for row in history if not math.isnan(row[key])]
+            if len(points) > 1:
+                chart.draw.line(points, fill=colour, width=3)
+            for x, y in points:
+                chart.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    both = Image.new("RGB", (loss.image.width + auc.image.width, loss.image.height), "white")
+    both.paste(loss.image, (0, 0))
+    both.paste(auc.image, (loss.image.width, 0))
+    save_image(both, path)
 
 
 def snapshot(model):
@@ -121,10 +152,14 @@ def main():
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    # Beside the checkpoint: what the model sees, and how training goes (a CSV and a picture per epoch).
+    stem = str(args.out.with_suffix(""))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, args.balanced_sampler,
                                                  args.workers, args.seed)
         model = build_model(args.model, args.pretrained).to(device)
+        draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed)
     except (DataError, ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
     train_labels = torch.tensor(train_loader.dataset.table["label"].values)
@@ -146,7 +181,7 @@ def main():
 
     # What the checkpoint keeps of the best epoch so far (the weights and what evaluate.py needs).
     best = {"epoch": 0, "score": -math.inf}
-    first_epoch = 1
+    history, first_epoch = [], 1
     if resumed:
         state = resumed["training_state"]
         model.load_state_dict(state["model"])
@@ -155,11 +190,10 @@ def main():
         restore_random_state(state["random"], train_loader.generator)
         best = {"epoch": resumed["epoch"], "score": state["best_score"], "weights": resumed["state_dict"],
                 "threshold": resumed["threshold"], "val_metrics": resumed["val_metrics"]}
-        first_epoch = state["epoch"] + 1
+        history, first_epoch = state["history"], state["epoch"] + 1
         print(f"resuming {args.resume} after epoch {state['epoch']} of {args.epochs}")
 
     saved_epoch = first_epoch - 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         for epoch in range(first_epoch, args.epochs + 1):
@@ -173,8 +207,11 @@ def main():
             val_loss /= len(labels)
             val_auc = roc_auc(labels, probabilities)
             val_accuracy = threshold_metrics(labels, probabilities, 0.5)["accuracy"]
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "val_accuracy": val_accuracy, "val_auc": val_auc, "seconds": time.time() - started,
+                            "images_per_second": seen / train_seconds, "lr": scheduler.get_last_lr()[0]})
             print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                  f"val acc {val_accuracy:.3f}  val AUC {val_auc:.3f}  {time.time() - started:5.1f} s  "
+                  f"val acc {val_accuracy:.3f}  val AUC {val_auc:.3f}  {history[-1]['seconds']:5.1f} s  "
                   f"{seen / train_seconds:5.0f} images/s")
 
             # AUC needs both classes in val; a val split with one class falls back to the loss.
@@ -190,13 +227,16 @@ def main():
             training_state = {} if finished else {"training_state": {
                 "epoch": epoch, "model": snapshot(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
-                "best_score": best["score"]}}
+                "best_score": best["score"], "history": history}}
             save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
                             mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=best["threshold"],
                             val_metrics=best["val_metrics"], epoch=best["epoch"],
                             args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                             **training_state)
             saved_epoch = epoch
+            pd.DataFrame(history).to_csv(f"{stem}-log.csv.tmp", index=False)
+            os.replace(f"{stem}-log.csv.tmp", f"{stem}-log.csv")
+            draw_curves(history, best["epoch"], f"{stem}-curves.png")
             if finished:
                 if epoch < args.epochs:
                     print(f"no improvement for {args.patience} epochs: stopping early")

@@ -41,10 +41,12 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
     assert predictions["probability_malignant"].between(0, 1).all()
     assert_is_a_real_picture(report / "confusion_matrix.png")
     assert_is_a_real_picture(report / "roc.png")
+    assert_is_a_real_picture(report / "grad_cam.png", min_size=(3 * (2 * 48 + 12), 3 * (48 + 40)))
 
-    step = run_script("evaluate.py", checkpoint, "--image", data / "images" / "SYN_00000.jpg")
+    step = run_script("evaluate.py", checkpoint, "--image", data / "images" / "SYN_00000.jpg", "--out", report)
     assert step.returncode == 0, step.stderr
     assert "SYN_00000.jpg: P(malignant) = 0." in step.stdout and "threshold" in step.stdout
+    assert_is_a_real_picture(report / "grad_cam_SYN_00000.png", min_size=(48, 48))
 
 
 def test_resnet_dry_run(tmp_path):

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import prepare_data
-import train
 from conftest import make_image, ROOT, run_main, run_script
 from dataset import DataError, load_image
 from model import BaselineCNN, build_model, load_checkpoint, save_checkpoint
@@ -113,7 +112,7 @@ def test_an_image_that_vanished_after_preparation_stops_training_with_its_name(s
     table = pd.read_csv(synthetic_data / "labels.csv")
     table["image_path"] = [str(synthetic_data / p) for p in table["image_path"]]
     vanished = tmp_path / "vanished.jpg"
-    table.loc[table["split"] == "train", "image_path"] = str(vanished)
+    table.loc[table.index[table["split"] == "train"][-1], "image_path"] = str(vanished)  # read mid-epoch
     data.mkdir()
     table.to_csv(data / "labels.csv", index=False)
     step = run_script("train.py", "--data", data, "--img-size", 32, "--epochs", 1)

@@ -1,0 +1,83 @@
+"""The pictures the code draws: written, of the expected size, not blank; Grad-CAM looks where it should."""
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+from dataset import draw_augmentation_grid
+from evaluate import grad_cam
+from model import BaselineCNN
+
+
+def assert_not_blank(path, min_colours=10):
+    colours = Image.open(path).convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is None or len(colours) >= min_colours, f"{path} is (nearly) blank"
+
+
+def test_augmentation_grid(synthetic_data, tmp_path):
+    path = tmp_path / "grid.png"
+    draw_augmentation_grid(synthetic_data, 32, path, rows=4, variants=3)
+    # a label column of 110 px and a header of 30 px, then 4 rows of 4 images of 32 px with 4 px gaps
+    assert Image.open(path).size == (110 + 4 * 36, 30 + 4 * 36)
+    assert_not_blank(path)
+    # Drawing it leaves the global random state alone, so training stays reproducible.
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    draw_augmentation_grid(synthetic_data, 32, path, rows=2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_training_writes_its_log_curves_and_augmentations(trained_baseline):
+    checkpoint, _ = trained_baseline
+    log = pd.read_csv(checkpoint.with_name("baseline-log.csv"))
+    assert list(log["epoch"]) == list(range(1, len(log) + 1)) and 1 <= len(log) <= 12
+    assert {"train_loss", "val_loss", "val_accuracy", "val_auc", "seconds", "images_per_second", "lr"} <= set(log)
+    assert log["lr"].is_monotonic_decreasing  # the cosine schedule
+    curves = checkpoint.with_name("baseline-curves.png")
+    assert Image.open(curves).size == (2 * 505, 500)  # two 400 x 400 charts with their margins
+    assert_not_blank(curves)
+    assert_not_blank(checkpoint.with_name("baseline-augmentations.png"))
+
+
+def test_grad_cam_has_the_image_size_and_is_normalised():
+    torch.manual_seed(0)
+    cam = grad_cam(BaselineCNN().eval(), torch.randn(3, 48, 40))
+    assert cam.shape == (48, 40)
+    assert cam.min() == 0 and cam.max() == 1
+
+
+def test_grad_cam_looks_at_the_corner_that_decides_the_class():
+    # Every image has a bright square somewhere; malignant ones (and only they) also have one in the
+    # top-left corner. A model that learns the task must look at that corner to call "malignant".
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(256, 3, 32, 32, generator=generator) * 0.3
+    labels = torch.arange(256) % 2
+    for i in range(256):
+        y, x = torch.randint(12, 24, (2,), generator=generator).tolist()
+        images[i, :, y:y + 8, x:x + 8] = 1.0  # a distractor, in both classes
+        if labels[i]:
+            images[i, :, 0:8, 0:8] = 1.0
+    torch.manual_seed(0)
+    model = BaselineCNN(widths=(16, 32, 64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        batch = torch.randint(0, 256, (32,), generator=generator)
+        loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(images).argmax(1) == labels).float().mean() > 0.95  # it did learn the rule
+    peak_in_corner, on_corner, on_distractor = [], [], []
+    for i in range(1, 80, 2):  # malignant images
+        cam = grad_cam(model, images[i])
+        row, column = divmod(cam.argmax().item(), 32)
+        peak_in_corner.append(row < 12 and column < 12)
+        distractor = images[i, 0] == 1.0
+        distractor[:8, :8] = False
+        on_corner.append(cam[:8, :8].mean())
+        on_distractor.append(cam[distractor].mean())
+    assert sum(peak_in_corner) >= 0.9 * len(peak_in_corner)
+    assert torch.stack(on_corner).mean() > 2 * torch.stack(on_distractor).mean()
