@@ -150,12 +150,13 @@ class Progress:
         self.started = self.last = time.time()
         self.interactive = sys.stdout.isatty()
 
-    def update(self, done):
+    def update(self, done, detail=""):
         now = time.time()
         if now - self.started < 3 or now - self.last < (1 if self.interactive else 30):
             return
         self.last = now
         line = f"  {self.what} {done}/{self.total} images, {done / (now - self.started):.0f} images/s"
+        line += f", {detail}" if detail else ""
         print("\r" + line if self.interactive else line, end="" if self.interactive else "\n", flush=True)
 
     def close(self):

@@ -11,21 +11,34 @@ Reads (detected from the CSV's columns, or from the folder):
   ISIC 2024 (Kaggle)  train-metadata.csv: isic_id, target, patient_id;  train-image/image/<isic_id>.jpg
   folder per class    benign/*.jpg, malignant/*.jpg
   synthetic           a built-in set of drawn lesions, so everything runs offline with no data
+With no --source (or --source isic-archive) it first downloads a subset of the public ISIC Archive, by
+default 400 dermoscopic images as 256 px thumbnails, into OUT/isic-archive-thumbnail/ in the ISIC Archive
+layout (as the official isic-cli writes it), and reads that; a second run fetches only what is missing.
 Writes OUT/labels.csv with columns isic_id, image_path, label, split, group, diagnosis.
 
 Examples:
+  python prepare_data.py                                          # 400 ISIC Archive images (needs internet)
+  python prepare_data.py --source isic-archive --max-images 1000 --balanced --isic-size full
   python prepare_data.py --source synthetic
   python prepare_data.py --source ../shared/data/ham10000 --out data/ham --max-images 400 --balanced
   python prepare_data.py --source ../shared/data/isic_uda --out data/uda --test-only
 """
 import argparse
 import hashlib
+import http.client
 import io
+import json
 import math
 import os
 import random
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
@@ -101,7 +114,9 @@ LAYOUTS = [
 
 def find_image(folders, image_id):
     """The first existing <folder>/<image_id>.<suffix>, or the first candidate if none exists."""
-    candidates = [folder / f"{image_id}{suffix}" for folder in folders for suffix in (".jpg", ".png", ".jpeg")]
+    # isic-cli has named its downloads <isic_id>.JPG, which a case-sensitive file system tells apart from .jpg.
+    suffixes = (".jpg", ".png", ".jpeg", ".JPG")
+    candidates = [folder / f"{image_id}{suffix}" for folder in folders for suffix in suffixes]
     return next((path for path in candidates if path.exists()), candidates[0])
 
 
@@ -212,6 +227,240 @@ def make_synthetic(out, count, size, seed):
                      "diagnosis": "synthetic " + ("malignant" if malignant else "benign")})
     print(f"drew {count} synthetic lesions of {size}x{size} px into {folder}")
     return pd.DataFrame(rows)
+
+
+# --- Downloading from the ISIC Archive ---------------------------------------------------------------
+# With no data at hand, the public ISIC Archive supplies it. Its API answers a search one page at a time
+# (JSON: the page's `results` and the URL of the `next` page); each result names its image files and
+# carries its licence, its attribution and its clinical metadata. The download writes what the official
+# `isic image download` writes (<isic_id>.jpg, metadata.csv, attribution.txt, licenses/), so the ISIC
+# Archive reader above takes it from there, just as it takes a folder made by isic-cli.
+
+ISIC_API = "https://api.isic-archive.com/api/v2"
+ISIC_QUERY = "image_type:dermoscopic AND (diagnosis_1:Benign OR diagnosis_1:Malignant)"
+ISIC_MAX_IMAGES = 400          # the few-labels case this project is about; as thumbnails, a few MB
+ISIC_ID = re.compile(r"ISIC_[0-9]+")  # an id from the network becomes a file name only if it is this
+USER_AGENT = "skin-lesion-classifier/1.0 (teaching project; prepare_data.py, Python urllib)"
+DOWNLOAD_THREADS = 4           # a few at a time: the archive is a free service that everyone shares
+TIMEOUT = 30                   # seconds of silence before a request counts as dropped
+MAX_FILE_BYTES = 50 * 2**20    # far above any lesion photo: a larger answer is not what we asked for
+ATTEMPTS = 4                   # tries per request
+RETRY_DELAY = 1.0              # seconds before the first retry, doubled for each one after
+MAX_RETRY_AFTER = 60           # a busy server may ask us to wait (Retry-After), but not for ever
+# Set by Ctrl-C, so that downloads under way give up at their next pause instead of sitting it out.
+stopping = threading.Event()
+
+# Which file of each image to fetch. The model looks at 128 px (224 for a ResNet), so the archive's
+# 256 px thumbnail holds all it can use at about a hundredth of the bytes: 400 thumbnails are a few MB,
+# where 400 originals (several megapixels each) are gigabytes that every epoch would spend decoding.
+ISIC_FILES = {"thumbnail": "thumbnail_256", "full": "full"}
+
+# The licences the archive uses: name -> (title, URL, what it allows). An image under any other
+# licence is not downloaded, because we could not tell you what you may do with it.
+LICENSES = {
+    "CC-0": ("CC0 1.0 Universal (public domain dedication)", "https://creativecommons.org/publicdomain/zero/1.0/",
+             "Free for any use, commercial use included; no credit is required."),
+    "CC-BY": ("Creative Commons Attribution 4.0 International", "https://creativecommons.org/licenses/by/4.0/",
+              "Free for any use, commercial use included, if you credit the source named in attribution.txt."),
+    "CC-BY-NC": ("Creative Commons Attribution-NonCommercial 4.0 International",
+                 "https://creativecommons.org/licenses/by-nc/4.0/",
+                 "Non-commercial use only, and you must credit the source named in attribution.txt."),
+}
+
+
+class Skipped(Exception):
+    """An answer we cannot use (an image, a page); the message says why, and the download goes on."""
+
+
+def fetch(url):
+    """The body of GET url, retried with growing pauses after HTTP 429, 5xx and dropped connections.
+
+    Raises Skipped for an answer that retrying cannot fix, and URLError when the server cannot be reached
+    at all (offline, no such host, nothing listening): that is not retried, so the user hears of it at once.
+    """
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):  # urllib opens file:// too
+        raise Skipped("not an http(s) URL")
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    for attempt in range(1, ATTEMPTS + 1):
+        pause = RETRY_DELAY * 2 ** (attempt - 1)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                return read_capped(response)
+        except urllib.error.HTTPError as error:
+            if error.code != 429 and error.code < 500:
+                raise Skipped(f"HTTP {error.code}") from None
+            failure = f"HTTP {error.code}"
+            asked = (error.headers.get("Retry-After") or "").strip()  # in seconds (the date form is ignored)
+            if asked.isdigit():
+                pause = min(int(asked), MAX_RETRY_AFTER)
+        except (ConnectionError, TimeoutError, http.client.HTTPException) as error:  # dropped mid-answer
+            failure = f"connection dropped ({type(error).__name__})"
+        if attempt == ATTEMPTS or stopping.wait(pause):
+            raise Skipped(f"{failure}, {attempt} times")
+
+
+def read_capped(response):
+    """The whole body of a response; Skipped if it is too large, and a body cut short counts as dropped."""
+    declared = response.headers.get("Content-Length", "")
+    declared = int(declared) if declared.isdigit() else None
+    # A declared size is checked before reading; else read one byte past the cap, to notice a body that runs on.
+    body = b"" if (declared or 0) > MAX_FILE_BYTES else response.read(MAX_FILE_BYTES + 1)
+    if max(len(body), declared or 0) > MAX_FILE_BYTES:
+        raise Skipped(f"larger than {MAX_FILE_BYTES / 2**20:g} MB")
+    if declared is not None and len(body) < declared:
+        raise http.client.IncompleteRead(body, declared - len(body))
+    return body
+
+
+def search_isic(api, query, wanted):
+    """The first `wanted` results of a search of the archive, following each page's link to the next."""
+    url = f"{api.rstrip('/')}/images/search/?" + urlencode({"query": query, "limit": min(wanted, 100)},
+                                                            quote_via=quote)
+    results = []
+    while url and len(results) < wanted:
+        try:
+            page = json.loads(fetch(url))
+            batch, next_url = page["results"], page.get("next")
+        except urllib.error.URLError as error:
+            raise DataError(f"cannot reach the ISIC Archive at {url.split('?')[0]} ({error.reason}). Without "
+                            "internet, use --source synthetic (drawn lesions) or --source PATH (your own data)") \
+                from None
+        except (Skipped, ValueError, KeyError, TypeError) as error:  # not JSON, or not the JSON we expect
+            if not results:
+                raise DataError(f"the ISIC Archive search {url} failed ({error}); check --isic-api and --query") \
+                    from None
+            print(f"skipped the rest of the search: the page {url} is unusable ({error})")
+            break
+        if not isinstance(batch, list) or not batch:
+            break
+        results += batch
+        url = next_url
+    return results[:wanted]
+
+
+def read_result(result, size):
+    """(isic_id, image URL, metadata row) of one search result; Skipped if it is malformed or unsafe."""
+    try:
+        isic_id, licence = result["isic_id"], result["copyright_license"]
+        url = result["files"][ISIC_FILES[size]]["url"]
+        row = {**result["metadata"].get("acquisition", {}), **result["metadata"]["clinical"],
+               "isic_id": isic_id, "attribution": result["attribution"], "copyright_license": licence}
+    except (KeyError, TypeError, AttributeError):
+        raise Skipped("a search result without the expected fields") from None
+    if not isinstance(isic_id, str) or not ISIC_ID.fullmatch(isic_id):
+        raise Skipped("an isic_id that is not ISIC_ and digits")
+    if licence not in LICENSES:
+        raise Skipped(f"a licence other than {', '.join(LICENSES)}")
+    return isic_id, url, row
+
+
+def download_image(url, path):
+    """Fetch one image to `path` by way of a .part file, renamed into place only once it decodes.
+
+    Returns (bytes downloaded, None), or (0, the reason it failed).
+    """
+    part = path.with_name(path.name + ".part")
+    try:
+        body = fetch(url)
+        part.write_bytes(body)
+        if inspect_image(part)[1]:
+            return 0, "not a readable image"
+        os.replace(part, path)  # atomic: <isic_id>.jpg is either absent or complete
+        return len(body), None
+    except Skipped as reason:
+        return 0, str(reason)
+    except urllib.error.URLError as error:
+        return 0, f"server unreachable ({error.reason})"
+    finally:
+        part.unlink(missing_ok=True)  # after a success it is renamed already; after a failure it must go
+
+
+def download_images(todo, folder):
+    """Download {isic_id: url} into `folder`, a few at a time; returns ({isic_id: why it failed}, megabytes)."""
+    failures, megabytes, progress = {}, 0.0, Progress("downloaded", len(todo))
+    pool = ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS)
+    try:
+        outcomes = pool.map(download_image, todo.values(), [folder / f"{isic_id}.jpg" for isic_id in todo])
+        for done, (isic_id, (size, reason)) in enumerate(zip(todo, outcomes), start=1):
+            if reason:
+                failures[isic_id] = reason
+            megabytes += size / 2**20
+            progress.update(done, f"{megabytes:.1f} MB")
+    except KeyboardInterrupt:
+        stopping.set()
+        raise
+    finally:
+        # After Ctrl-C: drop the queued downloads; those under way finish, or delete their .part file.
+        pool.shutdown(cancel_futures=True)
+    progress.close()
+    return failures, megabytes
+
+
+def write_atomically(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_isic_metadata(folder, rows):
+    """metadata.csv, attribution.txt and one licenses/<licence>.txt per licence used, as isic-cli writes."""
+    table = pd.DataFrame(rows)
+    first = ["isic_id", "attribution", "copyright_license"]
+    write_atomically(folder / "metadata.csv",
+                     table[first + sorted(set(table.columns) - set(first))].to_csv(index=False))
+    counts = table["attribution"].value_counts()
+    sources = sorted(counts.index, key=lambda source: (-counts[source], source))  # most images first
+    write_atomically(folder / "attribution.txt", "\n\n".join(sources) + "\n")
+    (folder / "licenses").mkdir(exist_ok=True)
+    for name in sorted(set(table["copyright_license"])):
+        title, url, terms = LICENSES[name]
+        write_atomically(folder / "licenses" / f"{name}.txt",
+                         f"{title}\n{url}\n\n{terms}\nThe images under it are those with copyright_license "
+                         f"{name} in metadata.csv.\n")
+
+
+def download_isic_archive(folder, api, query, max_images, balanced, size):
+    """Download up to max_images images and their metadata into `folder`; a second run fetches only
+    what is missing."""
+    searches = [(query, max_images)]
+    if balanced:  # one search per class, for half the images each
+        searches = [(f"({query}) AND diagnosis_1:Benign", max_images - max_images // 2),
+                    (f"({query}) AND diagnosis_1:Malignant", max_images // 2)]
+    results = []
+    for search, wanted in searches:
+        print(f"searching the ISIC Archive ({api}) for up to {wanted} images: {search}")
+        results += search_isic(api, search, wanted)
+    if not results:
+        raise DataError(f"the ISIC Archive at {api} has no images for the search {query!r}; check --query")
+
+    images, skipped = {}, defaultdict(list)
+    for result in results:
+        try:
+            isic_id, url, row = read_result(result, size)
+            images.setdefault(isic_id, (url, row))  # an image listed twice is fetched once
+        except Skipped as reason:
+            skipped[str(reason)].append(repr(result.get("isic_id") if isinstance(result, dict) else result))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.part"):  # left by a run that was killed before it could clean up
+        stale.unlink()
+    todo = {isic_id: url for isic_id, (url, _) in images.items() if not (folder / f"{isic_id}.jpg").exists()}
+    try:
+        failures, megabytes = download_images(todo, folder)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the complete images stay in {folder}, and the same command fetches the rest")
+        raise SystemExit(130) from None
+    print(f"downloaded {len(todo) - len(failures)} images ({megabytes:.1f} MB) into {folder}; "
+          f"{len(images) - len(todo)} were already there")
+    for isic_id, reason in failures.items():
+        skipped[reason].append(isic_id)
+    for reason, names in skipped.items():
+        report(f"not downloaded, {reason}", names)
+    rows = [row for isic_id, (_, row) in images.items() if isic_id not in failures]
+    if not rows:
+        raise DataError(f"no image could be downloaded from {api}; the reasons are listed above")
+    write_isic_metadata(folder, rows)
+    return folder
 
 
 # --- Cleaning: drop what cannot be used, and say so -------------------------------------------------
@@ -362,26 +611,39 @@ def print_counts(table):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=None,
-                        help="a metadata CSV, a data folder, or 'synthetic' (the default for now)")
+    parser.add_argument("--source", default="isic-archive",
+                        help="'isic-archive' (the default: download from it), 'synthetic' (offline), "
+                             "a metadata CSV or a data folder")
     parser.add_argument("--out", default="data", help="folder for labels.csv (default: data)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the subset, the split and the synthetic set")
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--test-only", action="store_true", help="put every row in 'test' (an external test set)")
-    parser.add_argument("--max-images", type=int, default=None, help="draw a stratified subset of this size")
-    parser.add_argument("--balanced", action="store_true", help="with --max-images: about half of each class")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help=f"draw a stratified subset of this size (isic-archive: download this many, "
+                             f"default {ISIC_MAX_IMAGES})")
+    parser.add_argument("--balanced", action="store_true", help="about half of each class, in the subset or download")
+    parser.add_argument("--query", default=ISIC_QUERY,
+                        help="isic-archive: the search, in the archive's syntax (default: dermoscopic images "
+                             "diagnosed benign or malignant)")
+    parser.add_argument("--isic-size", choices=ISIC_FILES, default="thumbnail",
+                        help="isic-archive: 'thumbnail' (256 px, the default) or 'full' (the original files)")
+    parser.add_argument("--isic-api", default=ISIC_API, help=f"isic-archive: the API's address (default: {ISIC_API})")
     parser.add_argument("--synthetic-count", type=int, default=600, help="images in the synthetic set")
     parser.add_argument("--synthetic-size", type=int, default=128, help="side of a synthetic image, in pixels")
     args = parser.parse_args()
-    if args.source is None:
-        print("no --source given: using the built-in synthetic set (--source synthetic)")
-        args.source = "synthetic"
+    if args.source == "isic-archive":
+        args.max_images = args.max_images or ISIC_MAX_IMAGES
 
     out = Path(args.out)
     try:
         if args.source == "synthetic":
             table = make_synthetic(out, args.synthetic_count, args.synthetic_size, args.seed)
+        elif args.source == "isic-archive":
+            # Each size gets its own folder, so that a later run never mixes thumbnails and originals.
+            folder = out / f"isic-archive-{args.isic_size}"
+            table = read_source(download_isic_archive(folder, args.isic_api, args.query, args.max_images,
+                                                      args.balanced, args.isic_size))
         else:
             table = read_source(Path(args.source))
         table = drop_unusable(table)
