@@ -288,7 +288,8 @@ def test_an_unreachable_archive_fails_fast_with_code_2(tmp_path, monkeypatch, ca
 
 def test_balanced_searches_each_class_for_half(archive, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert download(monkeypatch, archive, out, "--max-images", 6, "--balanced") == 0
+    # Six images are too few for three splits with both classes: --test-only keeps this about the download.
+    assert download(monkeypatch, archive, out, "--max-images", 6, "--balanced", "--test-only") == 0
     first_pages = [search["query"] for search in archive.searches]
     assert first_pages == [f"({prepare_data.ISIC_QUERY}) AND diagnosis_1:Benign",
                            f"({prepare_data.ISIC_QUERY}) AND diagnosis_1:Malignant"]
@@ -299,7 +300,7 @@ def test_balanced_searches_each_class_for_half(archive, tmp_path, monkeypatch):
 
 def test_full_size_goes_to_its_own_folder(archive, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert download(monkeypatch, archive, out, "--max-images", 2, "--isic-size", "full") == 0
+    assert download(monkeypatch, archive, out, "--max-images", 2, "--isic-size", "full", "--test-only") == 0
     folder = out / "isic-archive-full"
     assert sorted(path.name for path in folder.glob("*.jpg")) == ["ISIC_0000001.jpg", "ISIC_0000002.jpg"]
     assert Image.open(folder / "ISIC_0000001.jpg").size == (96, 72)
@@ -308,7 +309,7 @@ def test_full_size_goes_to_its_own_folder(archive, tmp_path, monkeypatch):
 
 def test_a_page_that_is_not_json_is_reported(archive, tmp_path, monkeypatch, capsys):
     archive.broken_pages = {5}  # the second page
-    assert download(monkeypatch, archive, tmp_path / "a") == 0
+    assert download(monkeypatch, archive, tmp_path / "a", "--test-only") == 0
     output = capsys.readouterr().out
     assert "skipped the rest of the search" in output and "cursor=5" in output
     assert sorted(pd.read_csv(tmp_path / "a" / "isic-archive-thumbnail" / "metadata.csv")["isic_id"]) == GOOD[:5]

@@ -61,7 +61,7 @@ def test_grad_cam_looks_at_the_corner_that_decides_the_class():
     torch.manual_seed(0)
     model = BaselineCNN(widths=(16, 32, 64))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(150):
+    for _ in range(150):
         batch = torch.randint(0, 256, (32,), generator=generator)
         loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
         optimizer.zero_grad()
