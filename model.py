@@ -1,13 +1,15 @@
 """Step 3 of 5: the models, and the checkpoint file that carries one from training to evaluation.
 
-Two models, to compare:
+Three models, to compare:
 - BaselineCNN, written out by hand: a few convolution blocks that each halve the image and double the
   channels, then global average pooling and one linear layer. Small enough to read in one glance.
-- ResNet (18/34/50) from torchvision, its 1000-class ImageNet head swapped for a 2-class one. With
-  --pretrained it starts from ImageNet weights: edges, textures and shapes learnt from 1.2 million
-  photos, which is what a few hundred dermoscopy images cannot teach from scratch.
+- ResNet (18/34/50) from torchvision, its 1000-class ImageNet head swapped for a 2-class one.
+- EfficientNet-Lite0, written out by hand too (MBConv blocks), whose ImageNet weights come with a pip
+  package and so work offline.
+With --pretrained a model starts from ImageNet weights: edges, textures and shapes learnt from 1.2
+million photos, which is what a few hundred dermoscopy images cannot teach from scratch.
 
-Both output two logits per image (benign, malignant); softmax turns them into probabilities.
+All output two logits per image (benign, malignant); softmax turns them into probabilities.
 
 Example (prints each model's size):
   python model.py
