@@ -35,6 +35,18 @@ class DataError(Exception):
     """Input the pipeline cannot use. The message names the file and what to do about it."""
 
 
+def save_atomically(path, write):
+    """Call write(temporary path), then rename it to `path`. The rename is atomic, so a crash, Ctrl-C or
+    full disk leaves either the previous file or the new one, never half a file. Every output goes here."""
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_image(image, path):
+    save_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def refuse_huge(image, path):
     """A file of a few kB can claim billions of pixels (a "decompression bomb"); refuse it before decoding."""
     if image.width * image.height > Image.MAX_IMAGE_PIXELS:
@@ -193,9 +205,7 @@ def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0)
                       fill="black", font=font, anchor="lm")
             for column, transform in enumerate([plain] + [dataset.transform] * variants):
                 grid.paste(to_picture(transform(image)), (label_width + column * (img_size + 4), top))
-    tmp = f"{path}.tmp"
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_image(grid, path)
 
 
 if __name__ == "__main__":

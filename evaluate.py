@@ -22,7 +22,6 @@ Examples:
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, DataError, Progress, build_transforms, load_image, loader_options, to_picture
+from dataset import (CustomDataset, DataError, Progress, build_transforms, load_image, loader_options,
+                     save_atomically, save_image, to_picture)
 from model import load_checkpoint, pick_device
 
 
@@ -214,12 +214,6 @@ def without_nan(metrics):
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
-def save_image(image, path):
-    tmp = f"{path}.tmp"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def draw_confusion_matrix(matrix, threshold, path, cell=150):
     """A 2x2 grid: counts, and each row's share, shaded darker where the share is larger."""
     font, small = ImageFont.load_default(22), ImageFont.load_default(14)
@@ -338,13 +332,10 @@ def main():
 
     report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoint": str(args.checkpoint),
               "model": checkpoint["model"], "data": str(data), "split": args.split}
-    with open(out / "metrics.json.tmp", "w") as file:
-        json.dump(report, file, indent=2)
-    os.replace(out / "metrics.json.tmp", out / "metrics.json")
+    save_atomically(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     predictions = pd.DataFrame({"isic_id": dataset.table["isic_id"], "probability_malignant": probabilities,
                                 "label": labels, "predicted": [int(p >= threshold) for p in probabilities]})
-    predictions.to_csv(out / "predictions.csv.tmp", index=False)
-    os.replace(out / "predictions.csv.tmp", out / "predictions.csv")
+    save_atomically(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     draw_confusion_matrix(metrics["confusion_matrix"], threshold, out / "confusion_matrix.png")
     draw_roc(labels, probabilities, metrics, out / "roc.png")
     draw_grad_cam_gallery(model, dataset, probabilities, labels, threshold, out / "grad_cam.png", device,

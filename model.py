@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from dataset import IMAGENET_MEAN, IMAGENET_STD
+from dataset import IMAGENET_MEAN, IMAGENET_STD, save_atomically
 
 MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
@@ -180,9 +180,8 @@ def build_model(name, pretrained=False):
 
 def save_checkpoint(path, state_dict, **info):
     """Write weights and `info` (model=name, img_size=..., ...) to path, atomically."""
-    tmp = f"{path}.tmp"
-    torch.save({"state_dict": state_dict, **info}, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+    # Atomic: a crash mid-save leaves the previous checkpoint intact.
+    save_atomically(path, lambda tmp: torch.save({"state_dict": state_dict, **info}, tmp))
 
 
 def read_checkpoint(path, device="cpu"):

@@ -43,7 +43,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import DataError, Progress, refuse_huge
+from dataset import DataError, Progress, refuse_huge, save_atomically
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -396,27 +396,23 @@ def download_images(todo, folder):
     return failures, megabytes
 
 
-def write_atomically(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_isic_metadata(folder, rows):
     """metadata.csv, attribution.txt and one licenses/<licence>.txt per licence used, as isic-cli writes."""
     table = pd.DataFrame(rows)
     first = ["isic_id", "attribution", "copyright_license"]
-    write_atomically(folder / "metadata.csv",
-                     table[first + sorted(set(table.columns) - set(first))].to_csv(index=False))
+    columns = first + sorted(set(table.columns) - set(first))
+    save_atomically(folder / "metadata.csv", lambda tmp: table[columns].to_csv(tmp, index=False))
     counts = table["attribution"].value_counts()
     sources = sorted(counts.index, key=lambda source: (-counts[source], source))  # most images first
-    write_atomically(folder / "attribution.txt", "\n\n".join(sources) + "\n")
+    save_atomically(folder / "attribution.txt",
+                    lambda tmp: Path(tmp).write_text("\n\n".join(sources) + "\n", encoding="utf-8"))
     (folder / "licenses").mkdir(exist_ok=True)
     for name in sorted(set(table["copyright_license"])):
         title, url, terms = LICENSES[name]
-        write_atomically(folder / "licenses" / f"{name}.txt",
-                         f"{title}\n{url}\n\n{terms}\nThe images under it are those with copyright_license "
-                         f"{name} in metadata.csv.\n")
+        text = (f"{title}\n{url}\n\n{terms}\nThe images under it are those with copyright_license "
+                f"{name} in metadata.csv.\n")
+        save_atomically(folder / "licenses" / f"{name}.txt",
+                        lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def download_isic_archive(folder, api, query, max_images, balanced, size):
@@ -666,9 +662,7 @@ def main():
                            else str(Path(p).resolve()) for p in table["image_path"]]
     columns = ["isic_id", "image_path", "label", "split", "group", "diagnosis"]
     # Write to a temporary name and rename: a crash never leaves a half-written labels.csv behind.
-    tmp = out / "labels.csv.tmp"
-    table[columns].to_csv(tmp, index=False)
-    os.replace(tmp, out / "labels.csv")
+    save_atomically(out / "labels.csv", lambda tmp: table[columns].to_csv(tmp, index=False))
     print_counts(table)
     print(f"wrote {out / 'labels.csv'} ({len(table)} images, {table['group'].nunique()} groups)")
 
