@@ -20,7 +20,6 @@ Examples:
 """
 import argparse
 import math
-import os
 import random
 import signal
 import time
@@ -31,8 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dataset import DataError, Progress, build_loaders, draw_augmentation_grid
-from evaluate import Chart, choose_threshold, predict, roc_auc, save_image, threshold_metrics
+from dataset import DataError, Progress, build_loaders, draw_augmentation_grid, save_atomically, save_image
+from evaluate import Chart, choose_threshold, predict, roc_auc, threshold_metrics
 from model import build_model, normalisation, pick_device, read_checkpoint, save_checkpoint
 
 
@@ -219,16 +218,17 @@ def main():
 
             # AUC needs both classes in val; a val split with one class falls back to the loss.
             score = -val_loss if math.isnan(val_auc) else val_auc
+            weights = snapshot(model)  # this epoch's weights: the best so far, or the state to resume from
             if score > best["score"]:
                 threshold = choose_threshold(labels, probabilities)
-                best = {"epoch": epoch, "score": score, "weights": snapshot(model), "threshold": threshold,
+                best = {"epoch": epoch, "score": score, "weights": weights, "threshold": threshold,
                         "val_metrics": {**threshold_metrics(labels, probabilities, threshold),
                                         "auc": val_auc, "loss": val_loss}}
             finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
             # Saved after every epoch: the best weights for evaluate.py and, until the run is finished,
             # everything needed to carry on from here after a crash, Ctrl-C or kill.
             training_state = {} if finished else {"training_state": {
-                "epoch": epoch, "model": snapshot(model), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "model": weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
                 "best_score": best["score"], "history": history}}
             save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
@@ -237,8 +237,7 @@ def main():
                             args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                             **training_state)
             saved_epoch = epoch
-            pd.DataFrame(history).to_csv(f"{stem}-log.csv.tmp", index=False)
-            os.replace(f"{stem}-log.csv.tmp", f"{stem}-log.csv")
+            save_atomically(f"{stem}-log.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
             draw_curves(history, best["epoch"], f"{stem}-curves.png")
             if finished:
                 if epoch < args.epochs:
