@@ -71,19 +71,49 @@ def load_image(path):
         raise DataError(f"cannot decode image {path} ({error}); replace the file or remove its row") from None
 
 
-def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Augmentation for training; a deterministic resize and centre crop for evaluation."""
+def shades_of_grey(image, power=6):
+    """Colour constancy: rescale each channel so that the scene's light looks grey.
+
+    Each camera and lamp tints its pictures; Finlayson and Trezzi's "shades of grey" (2004) estimates the
+    tint as the power-mean of each channel (p=6 sits between the mean, "grey world", and the maximum,
+    "white patch") and divides it out. Dermoscopy classifiers use it against differences between
+    clinics (Barata et al., IEEE JBHI 2015; the ISIC 2019 winners, Gessert et al. 2020).
+    """
+    light = image.clamp(min=0).pow(power).mean(dim=(-2, -1), keepdim=True).pow(1 / power)
+    return (image * light.mean(dim=-3, keepdim=True) / light.clamp(min=1e-6)).clamp(0, 1)
+
+
+# How much training images are varied: "light" changes framing, orientation and light a little;
+# "strong" also zooms further, rotates freely, changes colour more and sometimes blurs, which asks the
+# model to ignore more of what differs between cameras and clinics.
+AUGMENTATIONS = {
+    "light": dict(scale=(0.5, 1.0), degrees=45, jitter=(0.2, 0.2, 0.2, 0.02), blur=0.0),
+    "strong": dict(scale=(0.25, 1.0), degrees=180, jitter=(0.3, 0.3, 0.3, 0.05), blur=0.3),
+}
+
+
+def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD, colour_constancy=False,
+                     augment="light"):
+    """Augmentation for training; a deterministic resize and centre crop for evaluation.
+
+    With colour_constancy, every image (training or not) is first colour-corrected by shades_of_grey.
+    """
+    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if colour_constancy:
+        steps.append(v2.Lambda(shades_of_grey))
     if train:
-        resize = [
-            v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), antialias=True),  # zoom and framing
+        strength = AUGMENTATIONS[augment]
+        steps += [
+            v2.RandomResizedCrop(img_size, scale=strength["scale"], antialias=True),  # zoom and framing
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
-            v2.RandomRotation(45),                                             # no "up" on skin
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),  # light, camera
+            v2.RandomRotation(strength["degrees"]),                                  # no "up" on skin
+            v2.ColorJitter(*strength["jitter"]),                                     # light, camera
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=strength["blur"]),  # focus
         ]
     else:
-        resize = [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
-    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
+    return v2.Compose([*steps, v2.Normalize(mean, std)])
 
 
 def read_labels(data_dir):
@@ -126,15 +156,15 @@ class CustomDataset(Dataset):
         return self.transform(load_image(row["image_path"])), int(row["label"])
 
 
-def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0,
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0, **preprocessing):
     """DataLoaders for training: train (augmented, shuffled) and val (plain, in order).
 
     With balanced_sampler, training batches draw each class equally often (minority images repeat):
-    one answer to class imbalance; the other, weighting the loss, lives in train.py.
+    one answer to class imbalance; the others, weighting the loss or focusing it, live in train.py.
+    `preprocessing` (mean, std, colour_constancy, augment) goes to build_transforms.
     """
-    train_set = CustomDataset(data_dir, "train", build_transforms(img_size, True, mean, std))
-    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, mean, std))
+    train_set = CustomDataset(data_dir, "train", build_transforms(img_size, True, **preprocessing))
+    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, **preprocessing))
     generator = torch.Generator().manual_seed(seed)  # same seed -> same order and same augmentations
     sampler = None
     if balanced_sampler:
@@ -182,10 +212,11 @@ def to_picture(tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return v2.functional.to_pil_image(tensor.clamp(0, 1))
 
 
-def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0):
+def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0, **preprocessing):
     """What the model sees: a few training images, as evaluated and after random augmentations."""
-    dataset = CustomDataset(data_dir, "train", build_transforms(img_size, train=True))
-    plain = build_transforms(img_size, train=False)
+    dataset = CustomDataset(data_dir, "train", build_transforms(img_size, True, **preprocessing))
+    plain = build_transforms(img_size, False, **preprocessing)
+    mean, std = preprocessing.get("mean", IMAGENET_MEAN), preprocessing.get("std", IMAGENET_STD)
     font = ImageFont.load_default(14)
     label_width, header = 110, 30
     grid = Image.new("RGB", (label_width + (1 + variants) * (img_size + 4), header + rows * (img_size + 4)), "white")
@@ -204,7 +235,7 @@ def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0)
             draw.text((8, top + img_size / 2), "malignant" if dataset.table["label"][index] else "benign",
                       fill="black", font=font, anchor="lm")
             for column, transform in enumerate([plain] + [dataset.transform] * variants):
-                grid.paste(to_picture(transform(image)), (label_width + column * (img_size + 4), top))
+                grid.paste(to_picture(transform(image), mean, std), (label_width + column * (img_size + 4), top))
     save_image(grid, path)
 
 

@@ -18,6 +18,8 @@ Examples:
   python evaluate.py checkpoints/baseline.pt
   python evaluate.py checkpoints/resnet18.pt --data data/uda --split test --out reports/uda
   python evaluate.py checkpoints/resnet18.pt --image lesion.jpg
+  python evaluate.py checkpoints/resnet18.pt --target-sensitivity 0.9    # a screening operating point
+  python evaluate.py checkpoints/seed0.pt checkpoints/seed1.pt checkpoints/seed2.pt   # an ensemble
 """
 import argparse
 import json
@@ -108,11 +110,14 @@ def partial_auc(labels, probabilities, min_tpr=0.8):
     return area
 
 
-def choose_threshold(labels, probabilities):
-    """The threshold with the best balanced accuracy (0.5 when one class is missing)."""
+def choose_threshold(labels, probabilities, target_sensitivity=None):
+    """The threshold with the best balanced accuracy (0.5 when one class is missing); with
+    target_sensitivity, the highest threshold that catches at least that share of malignant images."""
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
     if not fpr:
         return 0.5
+    if target_sensitivity is not None:  # the curve climbs as the threshold falls: take the first point high enough
+        return next(t for t, sensitivity in zip(thresholds, tpr) if sensitivity >= target_sensitivity)
     best = max(range(1, len(fpr)), key=lambda i: tpr[i] - fpr[i])  # = 2 * balanced accuracy - 1
     return thresholds[best]
 
@@ -124,14 +129,26 @@ def all_metrics(labels, probabilities, threshold):
 
 # --- Running the model -------------------------------------------------------------------------------
 
+def dihedral_views(images):
+    """The 8 ways to rotate by quarter turns and mirror a batch: a lesion has no "up" and no "left"."""
+    for flipped in (images, images.flip(-1)):
+        for quarter_turns in range(4):
+            yield flipped.rot90(quarter_turns, dims=(-2, -1))
+
+
 @torch.inference_mode()  # no gradients: faster, and less memory
-def predict(model, loader, device):
-    """P(malignant) for every image of the loader, in order, and the true labels."""
+def predict(model, loader, device, tta=False):
+    """P(malignant) for every image of the loader, in order, and the true labels.
+
+    With tta (test-time augmentation), each image's probability is the mean over its 8 dihedral views:
+    8 times the work, for a score that depends less on how the lesion happened to lie under the camera.
+    """
     model.eval()
     probabilities, labels, progress = [], [], Progress("scored", len(loader.dataset))
     for images, targets in loader:
-        logits = model(images.to(device, non_blocking=True))
-        probabilities += logits.float().softmax(dim=1)[:, 1].tolist()
+        images = images.to(device, non_blocking=True)
+        views = list(dihedral_views(images)) if tta else [images]
+        probabilities += torch.stack([model(view).float().softmax(dim=1)[:, 1] for view in views]).mean(0).tolist()
         labels += targets.tolist()
         progress.update(len(labels))
     progress.close()
@@ -288,13 +305,37 @@ def draw_roc(labels, probabilities, metrics, path):
     save_image(chart.image, path)
 
 
+def evaluation_transform(checkpoint):
+    """The preprocessing the checkpoint's model was validated with: its size, normalisation and colours."""
+    return build_transforms(checkpoint["img_size"], False, checkpoint["mean"], checkpoint["std"],
+                            checkpoint["colour_constancy"])
+
+
+def pick_threshold(checkpoints, names, target_sensitivity=None):
+    """The decision threshold: the checkpoint's own (best balanced accuracy on validation), or one chosen
+    again on its stored validation predictions; for an ensemble, on the mean of its members' predictions."""
+    if len(checkpoints) == 1 and target_sensitivity is None:
+        return checkpoints[0]["threshold"]
+    validations = [checkpoint["val_predictions"] for checkpoint in checkpoints]
+    for name, validation in zip(names, validations):
+        if validation["isic_id"] != validations[0]["isic_id"]:
+            raise ValueError(f"{name} was validated on other images than {names[0]}: an ensemble's threshold "
+                             "needs models trained on the same data folder (for instance, with different --seed)")
+    mean = [sum(ps) / len(ps) for ps in zip(*(validation["probability"] for validation in validations))]
+    return choose_threshold(validations[0]["label"], mean, target_sensitivity)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .pt file written by train.py")
+    parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
+                        help="a .pt file written by train.py; with several, their probabilities are averaged")
     parser.add_argument("--data", default=None, help="folder with labels.csv (default: the one trained on)")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--out", default=None, help="folder for the report (default: reports/<checkpoint name>)")
     parser.add_argument("--image", default=None, help="classify this one image instead")
+    parser.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                        help="use the highest threshold that caught this share of the validation images' "
+                             "malignant lesions (e.g. 0.9 for screening) instead of the best balanced accuracy")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -302,36 +343,45 @@ def main():
 
     device = pick_device(args.device)
     try:
-        model, checkpoint = load_checkpoint(args.checkpoint, device)
-        transform = build_transforms(checkpoint["img_size"], train=False,
-                                     mean=checkpoint["mean"], std=checkpoint["std"])
-        threshold = checkpoint["threshold"]
-        out = Path(args.out or Path("reports") / Path(args.checkpoint).stem)
+        members = [load_checkpoint(path, device) for path in args.checkpoints]
+        model, checkpoint = members[0]  # the one whose Grad-CAM is drawn
+        threshold = pick_threshold([info for _, info in members], args.checkpoints, args.target_sensitivity)
+        out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)
         out.mkdir(parents=True, exist_ok=True)
         if args.image:
-            image = transform(load_image(args.image)).to(device)
+            image = load_image(args.image)
             with torch.inference_mode():
-                probability = model(image.unsqueeze(0)).float().softmax(dim=1)[0, 1].item()
+                probability = sum(member(evaluation_transform(info)(image).unsqueeze(0).to(device))
+                                  .float().softmax(dim=1)[0, 1].item() for member, info in members) / len(members)
             verdict = "malignant" if probability >= threshold else "benign"
             print(f"{args.image}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g})")
-            picture = to_picture(image, checkpoint["mean"], checkpoint["std"])
-            save_image(overlay(picture, grad_cam(model, image)), out / f"grad_cam_{Path(args.image).stem}.png")
+            tensor = evaluation_transform(checkpoint)(image).to(device)
+            picture = to_picture(tensor, checkpoint["mean"], checkpoint["std"])
+            save_image(overlay(picture, grad_cam(model, tensor)), out / f"grad_cam_{Path(args.image).stem}.png")
             print(f"where it looked: {out / f'grad_cam_{Path(args.image).stem}.png'}")
             return
         data = args.data or checkpoint["args"]["data"]
-        dataset = CustomDataset(data, args.split, transform)
-        loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(args.workers))
-        probabilities, labels = predict(model, loader, device)
+        # Each member sees the images as it was trained to (its own size and normalisation).
+        probabilities = []
+        for member, info in members:
+            dataset = CustomDataset(data, args.split, evaluation_transform(info))
+            loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(args.workers))
+            member_probabilities, labels = predict(member, loader, device, info["tta"])
+            probabilities.append(member_probabilities)
+        probabilities = [sum(ps) / len(ps) for ps in zip(*probabilities)]
+        dataset.transform = evaluation_transform(checkpoint)  # the first member's, for its Grad-CAM
     except (DataError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
 
     metrics = all_metrics(labels, probabilities, threshold)
     at_half = threshold_metrics(labels, probabilities, 0.5)
-    print(f"{args.checkpoint} ({checkpoint['model']}) on the {args.split} split of {data}:")
+    names = " + ".join(f"{path} ({info['model']})" for path, (_, info) in zip(args.checkpoints, members))
+    print(f"{names} on the {args.split} split of {data}:")
     print_report(metrics, at_half)
 
-    report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoint": str(args.checkpoint),
-              "model": checkpoint["model"], "data": str(data), "split": args.split}
+    report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoints": args.checkpoints,
+              "models": [info["model"] for _, info in members], "data": str(data), "split": args.split,
+              "target_sensitivity": args.target_sensitivity}
     save_atomically(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     predictions = pd.DataFrame({"isic_id": dataset.table["isic_id"], "probability_malignant": probabilities,
                                 "label": labels, "predicted": [int(p >= threshold) for p in probabilities]})

@@ -171,6 +171,12 @@ def build_model(name, pretrained=False):
     raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")
 
 
+def head_name(model):
+    """The attribute holding the model's final, newly initialised classification layer; the rest of the
+    model is its backbone, which turns an image into features."""
+    return next(name for name in ("head", "fc", "_fc") if hasattr(model, name))
+
+
 # --- Checkpoints -----------------------------------------------------------------------------------
 # A checkpoint holds the weights plus everything needed to use them again: which model, what image
 # size and normalisation it was trained with, and the decision threshold chosen on validation.
@@ -200,7 +206,7 @@ def read_checkpoint(path, device="cpu"):
                          "whoever made it") from None
     except (RuntimeError, EOFError, KeyError, ValueError) as error:
         raise ValueError(f"{path} is not a checkpoint (torch cannot read it: {error!r})") from None
-    expected = {"state_dict", "model", "img_size", "mean", "std", "threshold"}
+    expected = {"state_dict", "model", "img_size", "mean", "std", "colour_constancy", "tta", "threshold"}
     if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
         raise ValueError(f"{path} is not a checkpoint written by train.py (it lacks {sorted(expected)})")
     return checkpoint

@@ -30,9 +30,37 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dataset import DataError, Progress, build_loaders, draw_augmentation_grid, save_atomically, save_image
+from torch.utils.data import DataLoader, TensorDataset
+
+from dataset import (CustomDataset, DataError, Progress, build_loaders, build_transforms, draw_augmentation_grid,
+                     save_atomically, save_image)
 from evaluate import Chart, choose_threshold, predict, roc_auc, threshold_metrics
-from model import build_model, normalisation, pick_device, read_checkpoint, save_checkpoint
+from model import build_model, head_name, normalisation, pick_device, read_checkpoint, save_checkpoint
+
+
+def focal_loss(logits, labels, weight=None, gamma=2.0):
+    """Cross-entropy with each image's term scaled by (1 - p)^gamma, p the probability of its true class.
+
+    Focal loss (Lin et al., ICCV 2017): images the model already gets right with confidence (p near 1)
+    add almost nothing, so training concentrates on the hard and the rare ones. gamma=0 is cross-entropy.
+    """
+    log_p = logits.float().log_softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    losses = -(1 - log_p.exp()) ** gamma * log_p
+    if weight is None:
+        return losses.mean()
+    return (weight[labels] * losses).sum() / weight[labels].sum()  # weighted mean, as CrossEntropyLoss does
+
+
+def warmup_cosine(step, warmup_steps, total_steps):
+    """Learning-rate multiplier: a linear ramp from ~0 to 1, then a cosine from 1 down to 0.
+
+    The ramp lets Adam's running averages settle before it takes full steps, which would otherwise
+    knock a pretrained network far from its starting point; the cosine takes large steps early to make
+    progress and ever smaller ones to settle into a minimum.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
 
 
 def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, dry_run=False):
@@ -53,6 +81,25 @@ def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, 
             break
     progress.close()
     return total_loss / seen, seen
+
+
+@torch.inference_mode()
+def backbone_features(model, dataset, batch_size, device):
+    """Every image of the dataset through the model without its head, once: a dataset of (features, label)."""
+    name = head_name(model)
+    head = getattr(model, name)
+    setattr(model, name, nn.Identity())  # for now the model ends with its features
+    model.eval()
+    features, labels, progress = [], [], Progress("computed features of", len(dataset))
+    try:
+        for images, targets in DataLoader(dataset, batch_size):
+            features.append(model(images.to(device)).float())
+            labels.append(targets)
+            progress.update(sum(map(len, labels)))
+    finally:
+        setattr(model, name, head)
+        progress.close()
+    return TensorDataset(torch.cat(features), torch.cat(labels).to(device))
 
 
 def draw_curves(history, best_epoch, path):
@@ -119,6 +166,20 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--img-size", type=int, default=128,
                         help="image side in pixels; 128 keeps a CPU fast, 224 is ResNet's native size")
+    parser.add_argument("--backbone-lr-factor", type=float, default=1.0,
+                        help="the backbone learns at lr times this, the new head at lr (try 0.1 with --pretrained)")
+    parser.add_argument("--warmup-epochs", type=float, default=0, help="ramp the learning rate up over these epochs")
+    parser.add_argument("--augment", choices=("light", "strong"), default="light",
+                        help="how much training images are varied (see dataset.py)")
+    parser.add_argument("--colour-constancy", action="store_true",
+                        help="correct every image's colours (shades of grey) before anything else, in training "
+                             "and evaluation alike")
+    parser.add_argument("--freeze-backbone", action="store_true",
+                        help="with --pretrained: a linear probe; compute each image's features once, train only "
+                             "the head on them (seconds on a CPU; no augmentation)")
+    parser.add_argument("--tta", action="store_true",
+                        help="score validation (and, later, test) images as the mean over 8 flips and rotations")
+    parser.add_argument("--loss", choices=("cross-entropy", "focal"), default="cross-entropy")
     parser.add_argument("--class-weights", action="store_true",
                         help="weight the loss by inverse class frequency, so the rare class counts as much")
     parser.add_argument("--balanced-sampler", action="store_true",
@@ -144,6 +205,9 @@ def main():
                            "nothing to resume\n")
         args = argparse.Namespace(**{**resumed["args"], "resume": args.resume, "device": args.device,
                                      "workers": args.workers})
+    if args.freeze_backbone and not (args.pretrained and not args.tta and not args.balanced_sampler):
+        parser.exit(2, "error: --freeze-backbone needs --pretrained (random features are not worth keeping) and "
+                       "works on features, not images: no --tta, and --class-weights instead of --balanced-sampler\n")
     if args.lr is None:
         args.lr = 3e-4 if args.pretrained else 1e-3
     args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
@@ -158,16 +222,34 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     mean, std = normalisation(args.model)  # what the pretrained weights expect
     try:
+        preprocessing = dict(mean=mean, std=std, colour_constancy=args.colour_constancy, augment=args.augment)
         train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, args.balanced_sampler,
-                                                 args.workers, args.seed, mean, std)
+                                                 args.workers, args.seed, **preprocessing)
         model = build_model(args.model, args.pretrained).to(device)
-        draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed)
+        draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed,
+                               **preprocessing)
     except (DataError, ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
     train_labels = torch.tensor(train_loader.dataset.table["label"].values)
+    val_ids = val_loader.dataset.table["isic_id"].tolist()
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}; "
           f"{len(train_labels)} training images ({int(train_labels.sum())} malignant), "
-          f"{len(val_loader.dataset)} validation images")
+          f"{len(val_ids)} validation images")
+
+    # What learns: the whole model, or with --freeze-backbone only its head. Then the backbone never
+    # changes, so each image's features are computed once and the head trains on those, epoch after epoch.
+    learner = model
+    if args.freeze_backbone:
+        try:
+            plain_train_set = CustomDataset(args.data, "train", build_transforms(args.img_size, False, **preprocessing))
+            train_features = backbone_features(model, plain_train_set, args.batch_size, device)
+            val_features = backbone_features(model, val_loader.dataset, args.batch_size, device)
+        except DataError as error:
+            parser.exit(2, f"error: {error}\n")
+        train_loader = DataLoader(train_features, args.batch_size, shuffle=True, generator=train_loader.generator,
+                                  drop_last=len(train_features) > args.batch_size)
+        val_loader = DataLoader(val_features, args.batch_size)
+        learner = getattr(model, head_name(model))
 
     # Cross-entropy: -log of the probability the model gave the true class. With --class-weights each
     # malignant image counts (benign count / malignant count) times as much, so that ignoring the rare
@@ -176,10 +258,22 @@ def main():
     if args.class_weights:
         counts = torch.bincount(train_labels, minlength=2).float()
         class_weights = (counts.sum() / (2 * counts.clamp(min=1))).to(device)
-    loss_function = nn.CrossEntropyLoss(weight=class_weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    # Cosine schedule: large steps early to make progress, ever smaller ones to settle into a minimum.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
+    # Focal loss goes further: it also discounts the images the model already gets right.
+    if args.loss == "focal":
+        def loss_function(logits, labels):
+            return focal_loss(logits, labels, class_weights)
+    else:
+        loss_function = nn.CrossEntropyLoss(weight=class_weights)
+    # Two groups of weights: the new head learns at lr; the (pretrained) backbone, whose features are
+    # already good, can move more gently, at lr * --backbone-lr-factor.
+    head = list(getattr(model, head_name(model)).parameters())
+    backbone = [p for p in learner.parameters() if id(p) not in {id(h) for h in head}]
+    groups = [{"params": head, "lr": args.lr}]
+    groups += [{"params": backbone, "lr": args.lr * args.backbone_lr_factor}] if backbone else []
+    optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
+    steps = args.epochs * len(train_loader)
+    warmup_steps = round(args.warmup_epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, steps))
 
     # What the checkpoint keeps of the best epoch so far (the weights and what evaluate.py needs).
     best = {"epoch": 0, "score": -math.inf}
@@ -191,7 +285,8 @@ def main():
         scheduler.load_state_dict(state["scheduler"])
         restore_random_state(state["random"], train_loader.generator)
         best = {"epoch": resumed["epoch"], "score": state["best_score"], "weights": resumed["state_dict"],
-                "threshold": resumed["threshold"], "val_metrics": resumed["val_metrics"]}
+                "threshold": resumed["threshold"], "val_metrics": resumed["val_metrics"],
+                "val_predictions": resumed["val_predictions"]}
         history, first_epoch = state["history"], state["epoch"] + 1
         print(f"resuming {args.resume} after epoch {state['epoch']} of {args.epochs}")
 
@@ -200,10 +295,10 @@ def main():
     try:
         for epoch in range(first_epoch, args.epochs + 1):
             started = time.time()
-            train_loss, seen = train_one_epoch(model, train_loader, loss_function, optimizer, scheduler, device,
+            train_loss, seen = train_one_epoch(learner, train_loader, loss_function, optimizer, scheduler, device,
                                                args.dry_run)
             train_seconds = time.time() - started
-            probabilities, labels = predict(model, val_loader, device)
+            probabilities, labels = predict(learner, val_loader, device, args.tta)
             # The training loss again, from the probability each validation image gave its true class.
             val_loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels))
             val_loss /= len(labels)
@@ -223,7 +318,10 @@ def main():
                 threshold = choose_threshold(labels, probabilities)
                 best = {"epoch": epoch, "score": score, "weights": weights, "threshold": threshold,
                         "val_metrics": {**threshold_metrics(labels, probabilities, threshold),
-                                        "auc": val_auc, "loss": val_loss}}
+                                        "auc": val_auc, "loss": val_loss},
+                        # kept so that evaluate.py can choose other operating points, or average models
+                        "val_predictions": {"isic_id": val_ids,
+                                            "probability": probabilities, "label": labels}}
             finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
             # Saved after every epoch: the best weights for evaluate.py and, until the run is finished,
             # everything needed to carry on from here after a crash, Ctrl-C or kill.
@@ -232,8 +330,9 @@ def main():
                 "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
                 "best_score": best["score"], "history": history}}
             save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
-                            mean=mean, std=std, threshold=best["threshold"],
-                            val_metrics=best["val_metrics"], epoch=best["epoch"],
+                            mean=mean, std=std, colour_constancy=args.colour_constancy, tta=args.tta,
+                            threshold=best["threshold"], val_metrics=best["val_metrics"],
+                            val_predictions=best["val_predictions"], epoch=best["epoch"],
                             args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                             **training_state)
             saved_epoch = epoch

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image
-from dataset import DataError, build_loaders, build_transforms, CustomDataset, load_image
+from dataset import DataError, build_loaders, build_transforms, CustomDataset, load_image, shades_of_grey
 
 
 @pytest.mark.parametrize("mode, colour", [("L", 128), ("LA", (128, 200)), ("RGBA", (10, 20, 30, 0)),
@@ -74,6 +74,30 @@ def test_transforms_give_normalised_tensors_of_the_requested_size(tmp_path):
     Image.effect_noise((64, 64), 60).convert("RGB").save(noisy)
     augment = build_transforms(64, True)
     assert not torch.equal(augment(load_image(noisy)), augment(load_image(noisy)))
+
+
+def test_shades_of_grey_removes_a_colour_cast():
+    # A flat image lit in pink, (0.8, 0.4, 0.4): each channel's power mean is its value, their mean is
+    # 1.6 / 3, and each channel is scaled to it: a grey of 0.533 everywhere.
+    pink = torch.tensor([0.8, 0.4, 0.4]).view(3, 1, 1).expand(3, 4, 4)
+    assert torch.allclose(shades_of_grey(pink), torch.full((3, 4, 4), 1.6 / 3))
+    # The same scene under two lights of other colours comes out the same up to its overall brightness,
+    # and balanced: every channel with the same power mean.
+    scene = torch.rand(3, 16, 16) * 0.5 + 0.1
+    under_red = shades_of_grey(scene * torch.tensor([1.0, 0.7, 0.6]).view(3, 1, 1))
+    under_blue = shades_of_grey(scene * torch.tensor([0.6, 0.8, 1.0]).view(3, 1, 1))
+    ratio = under_red / under_blue
+    assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-4)
+    power_means = under_red.pow(6).mean(dim=(1, 2)).pow(1 / 6)
+    assert torch.allclose(power_means, power_means.mean().expand(3), rtol=1e-4)
+
+
+def test_colour_constancy_and_strong_augmentation_in_the_transforms(tmp_path):
+    image = load_image(make_image(tmp_path / "pink.png", colour=(204, 102, 102), size=(50, 40)))
+    plain = build_transforms(16, False, mean=(0, 0, 0), std=(1, 1, 1), colour_constancy=True)(image)
+    assert torch.allclose(plain, torch.full((3, 16, 16), 0.8 * 255 * 2 / 3 / 255), atol=1e-3)  # grey, not pink
+    strong = build_transforms(16, True, colour_constancy=True, augment="strong")(image)
+    assert strong.shape == (3, 16, 16) and torch.isfinite(strong).all()
 
 
 def make_labels(root, n_benign, n_malignant):

@@ -87,6 +87,16 @@ def test_choose_threshold_maximises_balanced_accuracy():
     assert threshold_metrics(labels, scores, 0.6)["balanced_accuracy"] == pytest.approx(0.875)
 
 
+def test_choose_threshold_for_a_target_sensitivity():
+    # Same 7 images. Sensitivity as the threshold falls: >= 0.8 -> 1/4, 0.7 -> 2/4, 0.6 -> 3/4, 0.3 -> 4/4.
+    labels = [0, 0, 1, 0, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]
+    assert choose_threshold(labels, scores, target_sensitivity=0.5) == 0.7   # the highest that reaches 2/4
+    assert choose_threshold(labels, scores, target_sensitivity=0.75) == 0.6
+    assert choose_threshold(labels, scores, target_sensitivity=0.9) == 0.3   # all 4, at the price of 0.4's FP
+    assert threshold_metrics(labels, scores, 0.3)["specificity"] == pytest.approx(2 / 3)
+
+
 def test_report_on_one_class_writes_null_and_still_draws(tmp_path):
     from evaluate import draw_confusion_matrix, draw_roc, without_nan
 

@@ -54,7 +54,7 @@ def test_checkpoint_round_trip(tmp_path):
     model = BaselineCNN()
     path = tmp_path / "model.pt"
     save_checkpoint(path, model.state_dict(), model="baseline", img_size=64, mean=[0.5] * 3, std=[0.5] * 3,
-                    threshold=0.3, val_metrics={"auc": 0.9})
+                    colour_constancy=False, tta=False, threshold=0.3, val_metrics={"auc": 0.9})
     assert not (tmp_path / "model.pt.tmp").exists()
     loaded, info = load_checkpoint(path)
     assert info["threshold"] == 0.3 and info["img_size"] == 64 and info["val_metrics"] == {"auc": 0.9}

@@ -145,7 +145,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_a_checkpoint_of_another_model(tmp_path):
     path = tmp_path / "mixed.pt"
     save_checkpoint(path, build_model("resnet").state_dict(), model="baseline", img_size=64, mean=[0.5] * 3,
-                    std=[0.5] * 3, threshold=0.5)
+                    std=[0.5] * 3, colour_constancy=False, tta=False, threshold=0.5)
     with pytest.raises(ValueError, match="do not fit the 'baseline' model"):
         load_checkpoint(path)
 

@@ -1,11 +1,14 @@
 """train.py: the baseline must really learn the synthetic set; runs are reproducible; early stopping works."""
+import math
+
+import pytest
 import torch
 
 import train
 from conftest import run_main
 from dataset import build_transforms, CustomDataset
-from evaluate import all_metrics, predict
-from model import load_checkpoint
+from evaluate import all_metrics, choose_threshold, predict
+from model import BaselineCNN, build_model, load_checkpoint
 from torch.utils.data import DataLoader
 
 
@@ -58,6 +61,67 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_data, tmp_path, monkeypat
     assert "no improvement for 2 epochs: stopping early" in output
     assert "epoch   3/10" in output and "epoch   4/10" not in output
     assert info["epoch"] == 1
+
+
+def test_focal_loss_by_hand():
+    # logits (0, ln 3): P(malignant) = 3 / 4. Cross-entropy for a malignant image: -ln(3/4) = 0.2877;
+    # focal loss with gamma 2 scales it by (1 - 3/4)^2 = 1/16.
+    logits, labels = torch.tensor([[0.0, math.log(3)]]), torch.tensor([1])
+    assert train.focal_loss(logits, labels).item() == pytest.approx(-math.log(0.75) / 16)
+    assert train.focal_loss(logits, labels, gamma=0).item() == pytest.approx(-math.log(0.75))
+    # Weighted: like CrossEntropyLoss, a weighted mean over the batch.
+    logits, labels = torch.tensor([[0.0, math.log(3)], [0.0, 0.0]]), torch.tensor([1, 0])
+    weight = torch.tensor([1.0, 3.0])
+    expected = (3 * -math.log(0.75) / 16 + 1 * -math.log(0.5) / 4) / 4
+    assert train.focal_loss(logits, labels, weight).item() == pytest.approx(expected)
+    assert train.focal_loss(logits, labels, weight, gamma=0).item() == pytest.approx(
+        torch.nn.CrossEntropyLoss(weight=weight)(logits, labels).item())
+
+
+def test_warmup_then_cosine():
+    # 2 warm-up steps out of 10: 1/2, 1, then a cosine over the remaining 8 steps, halfway at step 6.
+    factors = [train.warmup_cosine(step, 2, 10) for step in range(11)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert factors[6] == pytest.approx(0.5) and factors[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))  # never rises after the warm-up
+    assert train.warmup_cosine(0, 0, 4) == 1.0
+
+
+def test_recipe_options_are_used_and_recorded(synthetic_data, tmp_path, monkeypatch):
+    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "recipe", "--loss", "focal", "--warmup-epochs", 1,
+                         "--backbone-lr-factor", 0.1, "--augment", "strong", "--colour-constancy", "--tta",
+                         "--balanced-sampler", "--class-weights")
+    assert info["colour_constancy"] is True and info["tta"] is True
+    groups = info["training_state"]["optimizer"]["param_groups"] if "training_state" in info else None
+    assert groups is None  # a finished run keeps no state to resume
+    validation = info["val_predictions"]
+    assert len(validation["isic_id"]) == len(validation["probability"]) == len(validation["label"]) > 0
+    assert info["threshold"] == choose_threshold(validation["label"], validation["probability"])
+
+
+def test_the_backbone_learns_slower_than_the_head(synthetic_data, tmp_path, monkeypatch):
+    # One epoch, stopped by Ctrl-C just after: the saved optimizer holds both groups' learning rates.
+    monkeypatch.setattr(train, "draw_curves", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "slow.pt"
+    code = run_main(train, "--data", synthetic_data, "--img-size", 32, "--epochs", 4, "--lr", 0.01,
+                    "--backbone-lr-factor", 0.1, "--out", out, monkeypatch=monkeypatch)
+    assert code == 130
+    groups = torch.load(out, weights_only=True)["training_state"]["optimizer"]["param_groups"]
+    head = len(list(BaselineCNN().head.parameters()))  # the Linear layer's weight and bias
+    assert [len(group["params"]) for group in groups] == [head, len(list(BaselineCNN().parameters())) - head]
+    assert groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+
+
+def test_a_linear_probe_trains_the_head_only_and_learns(synthetic_data, tmp_path, monkeypatch, capsys):
+    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "probe", "--model", "efficientnet_lite0",
+                         "--pretrained", "--freeze-backbone", "--img-size", 64, "--epochs", 30, "--lr", 0.003)
+    pretrained = build_model("efficientnet_lite0", pretrained=True).state_dict()
+    for name, tensor in info["state_dict"].items():  # batch norm statistics included: the backbone never moved
+        assert torch.equal(tensor, pretrained[name]) == (not name.startswith("_fc.")), name
+    assert info["val_metrics"]["auc"] > 0.8  # ImageNet features separate the synthetic lesions
+    code = run_main(train, "--data", synthetic_data, "--model", "baseline", "--freeze-backbone",
+                    "--out", tmp_path / "x.pt", monkeypatch=monkeypatch)
+    assert code == 2 and "--freeze-backbone needs --pretrained" in capsys.readouterr().err
 
 
 def test_loss_and_sampler_options_run(synthetic_data, tmp_path, monkeypatch, capsys):
