@@ -15,6 +15,11 @@ Examples:
   python train.py                                          # the baseline CNN on data/
   python train.py --model resnet --epochs 20
   python train.py --model resnet --pretrained --img-size 224 --device cuda
+  python train.py --model efficientnet_lite0 --pretrained  # ImageNet weights, offline: the one to use
+  python train.py --model efficientnet_lite0 --pretrained --freeze-backbone --lr 3e-3 --epochs 100
+                                                           # a linear probe: features once, then seconds
+  python train.py --model efficientnet_lite0 --pretrained --seed 1 --out checkpoints/lite0-1.pt
+                                                           # another seed, to average with evaluate.py
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
   python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
 """
@@ -177,8 +182,10 @@ def main():
     parser.add_argument("--freeze-backbone", action="store_true",
                         help="with --pretrained: a linear probe; compute each image's features once, train only "
                              "the head on them (seconds on a CPU; no augmentation)")
-    parser.add_argument("--tta", action="store_true",
-                        help="score validation (and, later, test) images as the mean over 8 flips and rotations")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="score validation (and, later, test) images as the mean over their 8 flips and "
+                             "quarter turns (default on, as it measured best; off with --freeze-backbone; "
+                             "--no-tta validates 8 times faster)")
     parser.add_argument("--loss", choices=("cross-entropy", "focal"), default="cross-entropy")
     parser.add_argument("--class-weights", action="store_true",
                         help="weight the loss by inverse class frequency, so the rare class counts as much")
@@ -208,6 +215,8 @@ def main():
     if args.freeze_backbone and not (args.pretrained and not args.tta and not args.balanced_sampler):
         parser.exit(2, "error: --freeze-backbone needs --pretrained (random features are not worth keeping) and "
                        "works on features, not images: no --tta, and --class-weights instead of --balanced-sampler\n")
+    if args.tta is None:
+        args.tta = not args.freeze_backbone
     if args.lr is None:
         args.lr = 3e-4 if args.pretrained else 1e-3
     args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
