@@ -311,6 +311,11 @@ def evaluation_transform(checkpoint):
                             checkpoint["colour_constancy"])
 
 
+def mean_over_models(probabilities):
+    """An ensemble's probability for each image: the mean of its members' (one list per member)."""
+    return [sum(per_image) / len(per_image) for per_image in zip(*probabilities)]
+
+
 def pick_threshold(checkpoints, names, target_sensitivity=None):
     """The decision threshold: the checkpoint's own (best balanced accuracy on validation), or one chosen
     again on its stored validation predictions; for an ensemble, on the mean of its members' predictions."""
@@ -321,7 +326,7 @@ def pick_threshold(checkpoints, names, target_sensitivity=None):
         if validation["isic_id"] != validations[0]["isic_id"]:
             raise ValueError(f"{name} was validated on other images than {names[0]}: an ensemble's threshold "
                              "needs models trained on the same data folder (for instance, with different --seed)")
-    mean = [sum(ps) / len(ps) for ps in zip(*(validation["probability"] for validation in validations))]
+    mean = mean_over_models([validation["probability"] for validation in validations])
     return choose_threshold(validations[0]["label"], mean, target_sensitivity)
 
 
@@ -368,7 +373,7 @@ def main():
             loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(args.workers))
             member_probabilities, labels = predict(member, loader, device, info["tta"])
             probabilities.append(member_probabilities)
-        probabilities = [sum(ps) / len(ps) for ps in zip(*probabilities)]
+        probabilities = mean_over_models(probabilities)
         dataset.transform = evaluation_transform(checkpoint)  # the first member's, for its Grad-CAM
     except (DataError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")

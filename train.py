@@ -276,7 +276,8 @@ def main():
     # Two groups of weights: the new head learns at lr; the (pretrained) backbone, whose features are
     # already good, can move more gently, at lr * --backbone-lr-factor.
     head = list(getattr(model, head_name(model)).parameters())
-    backbone = [p for p in learner.parameters() if id(p) not in {id(h) for h in head}]
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in learner.parameters() if id(p) not in head_ids]
     groups = [{"params": head, "lr": args.lr}]
     groups += [{"params": backbone, "lr": args.lr * args.backbone_lr_factor}] if backbone else []
     optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)

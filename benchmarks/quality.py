@@ -145,18 +145,30 @@ def print_table(table, columns):
         print(f"| {recipe} | " + " | ".join(cells) + " |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark_parser(doc):
+    """The options this benchmark and search.py share: where the data is, where outputs go, how long to train."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ham", type=Path, default=SHARED / "ham10000")
     parser.add_argument("--uda", type=Path, default=SHARED / "isic_uda")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     parser.add_argument("--epochs", type=int, default=30)
+    return parser
+
+
+def parse_with_data(parser):
+    """The parsed arguments, once both collections are known to be there."""
     args = parser.parse_args()
     for folder in (args.ham, args.uda):
         if not folder.exists():
             sys.exit(f"{folder} not found; pass --ham DIR and --uda DIR")
+    return args
+
+
+def main():
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    args = parse_with_data(parser)
 
     results = []
     prepared = {seed: prepare(args.ham, args.uda, args.out, seed) for seed in args.seeds}

@@ -18,12 +18,10 @@ every trial on one seed):
   python benchmarks/search.py --trials start tta --seeds 0 1 2
 """
 import argparse
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-from quality import PLAIN, ROOT, SHARED, mean_std, prepare, train_and_score
+from quality import PLAIN, benchmark_parser, mean_std, parse_with_data, prepare, train_and_score
 
 START = PLAIN
 # Each trial: the starting recipe plus one change (train.py options; a later option overrides an earlier one).
@@ -43,19 +41,12 @@ TRIALS = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ham", type=Path, default=SHARED / "ham10000")
-    parser.add_argument("--uda", type=Path, default=SHARED / "isic_uda")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--trials", nargs="+", choices=TRIALS, default=list(TRIALS))
     parser.add_argument("--start", nargs=argparse.REMAINDER, default=START,
                         help="the starting recipe as train.py options (last on the command line)")
-    parser.add_argument("--epochs", type=int, default=30)
-    args = parser.parse_args()
-    for folder in (args.ham, args.uda):
-        if not folder.exists():
-            sys.exit(f"{folder} not found; pass --ham DIR and --uda DIR")
+    args = parse_with_data(parser)
 
     results = []
     for seed in args.seeds:
