@@ -14,6 +14,7 @@ Example (prints one training batch, and draws a few images as the model sees the
   python dataset.py data/ --out augmentations.png
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 # ImageNet's channel means and standard deviations. Pretrained backbones expect inputs normalised
@@ -33,6 +34,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class DataError(Exception):
     """Input the pipeline cannot use. The message names the file and what to do about it."""
+
+    def __init__(self, message):
+        # Raised in a DataLoader worker process, it is raised again in the main one with the worker's
+        # traceback as its message; keep only its own words, the traceback's last line.
+        if message.startswith("Caught DataError in DataLoader worker"):
+            message = message.rstrip().rsplit("DataError: ", 1)[-1]
+        super().__init__(message)
 
 
 def save_atomically(path, write):
@@ -54,11 +62,19 @@ def refuse_huge(image, path):
                         f"{Image.MAX_IMAGE_PIXELS:,} allowed (a decompression-bomb guard); resize it if it is real")
 
 
-def load_image(path):
-    """Open any image as 8-bit RGB, upright as the camera meant it, or raise DataError naming it."""
+def load_image(path, shorter_side=None):
+    """Open any image as 8-bit RGB, upright as the camera meant it, or raise DataError naming it.
+
+    With shorter_side, a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale that keeps its shorter
+    side at least that long: JPEG stores its picture in 8x8 blocks, so it can skip the detail it would
+    throw away, and a 6000x4000 photo wanted at 256 px decodes ten times faster or more.
+    """
     try:
         image = Image.open(path)
         refuse_huge(image, path)
+        if shorter_side:
+            scale = shorter_side / min(image.size)
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image = ImageOps.exif_transpose(image)  # phones store "rotate 90°" as a tag, not as pixels
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale 0..65535 down to 0..255
             image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
@@ -97,10 +113,12 @@ def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD, colo
     """Augmentation for training; a deterministic resize and centre crop for evaluation.
 
     With colour_constancy, every image (training or not) is first colour-corrected by shades_of_grey.
+    Cropping and resizing come before the conversion to float where they can: on 8-bit pixels, and
+    on the small crop rather than the whole photo, they cost a fraction of the time.
     """
-    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    steps = [v2.ToImage()]
     if colour_constancy:
-        steps.append(v2.Lambda(shades_of_grey))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Lambda(shades_of_grey)]
     if train:
         strength = AUGMENTATIONS[augment]
         steps += [
@@ -108,11 +126,12 @@ def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD, colo
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.RandomRotation(strength["degrees"]),                                  # no "up" on skin
+            v2.ToDtype(torch.float32, scale=True),
             v2.ColorJitter(*strength["jitter"]),                                     # light, camera
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=strength["blur"]),  # focus
         ]
     else:
-        steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
+        steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size), v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose([*steps, v2.Normalize(mean, std)])
 
 
@@ -121,7 +140,8 @@ def read_labels(data_dir):
     csv = Path(data_dir) / "labels.csv"
     if not csv.exists():
         raise DataError(f"{csv} not found; run prepare_data.py --out {data_dir} first")
-    table = pd.read_csv(csv, dtype={"isic_id": str, "image_path": str, "split": str, "group": str})
+    table = pd.read_csv(csv, dtype={"isic_id": str, "image_path": str, "cached_path": str, "split": str,
+                                     "group": str})
     missing = {"isic_id", "image_path", "label", "split"} - set(table.columns)
     if missing:
         raise DataError(f"{csv} lacks the columns {sorted(missing)}; write it with prepare_data.py")
@@ -131,55 +151,120 @@ def read_labels(data_dir):
                         f"1 (malignant); write the file with prepare_data.py")
     # A relative path must stay inside the data folder: '../../somewhere' in an edited file is refused.
     root = os.path.normpath(csv.parent)
-    for line, path in enumerate(table["image_path"], start=2):
-        if not Path(path).is_absolute() and not Path(os.path.normpath(csv.parent / path)).is_relative_to(root):
-            raise DataError(f"{csv}, line {line}: image path {path} leads outside {root}; fix or remove the row")
+    for column in {"image_path", "cached_path"} & set(table.columns):
+        for line, path in enumerate(table[column], start=2):
+            if (isinstance(path, str) and ".." in path and not Path(path).is_absolute()
+                    and not Path(os.path.normpath(csv.parent / path)).is_relative_to(root)):
+                raise DataError(f"{csv}, line {line}: {column.replace('_', ' ')} {path} leads outside {root}; "
+                                "fix or remove the row")
     table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute
+    # The copy to read: prepare_data.py's resized copy where it made one (see there), else the original.
+    cached = table["cached_path"] if "cached_path" in table else pd.Series(None, index=table.index, dtype=str)
+    table["load_path"] = [str(csv.parent / copy) if isinstance(copy, str) else original
+                          for copy, original in zip(cached, table["image_path"])]
     return table
 
 
 class CustomDataset(Dataset):
-    """The images of one split of labels.csv, as (tensor, label) pairs."""
+    """The images of one split of labels.csv, as (tensor, label) pairs.
 
-    def __init__(self, data_dir, split, transform):
+    With shard=(k, n), only every n-th image from the k-th on: process k of n scores its share of the
+    validation images (see train.py, on training with several processes).
+    """
+
+    def __init__(self, data_dir, split, transform, shard=(0, 1)):
         table = read_labels(data_dir)
         self.table = table[table["split"] == split].reset_index(drop=True)
         if self.table.empty:
             raise DataError(f"split '{split}' of {Path(data_dir) / 'labels.csv'} has no images")
+        self.table = self.table[shard[0]::shard[1]].reset_index(drop=True)
         self.transform = transform
+        # Columns as plain lists: fast to index, and cheap to copy into worker processes.
+        self.paths, self.labels = self.table["load_path"].tolist(), self.table["label"].tolist()
 
     def __len__(self):
         return len(self.table)
 
     def __getitem__(self, index):
-        row = self.table.iloc[index]
-        return self.transform(load_image(row["image_path"])), int(row["label"])
+        return self.transform(load_image(self.paths[index])), self.labels[index]
 
 
-def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0, **preprocessing):
+class EpochSampler(Sampler):
+    """Which training images an epoch visits, and in what order: a function of (seed, epoch) alone.
+
+    - plain: every image once, shuffled;
+    - balanced: as many draws as images, each class equally likely (minority images repeat);
+    - neg_per_pos=K: every malignant image and K times as many benign ones, a fresh random set each
+      epoch. At ISIC 2024's 1 malignant in 1,000, an epoch of everything is 99.9 % benign images the
+      model already knows; this sees every benign image in time while each epoch stays short and balanced.
+    With several processes (rank k of n, see train.py), each takes every n-th index of the same order,
+    as torch's DistributedSampler does: n disjoint shares of one shuffled epoch. Call set_epoch first.
+    """
+
+    def __init__(self, labels, seed, balanced=False, neg_per_pos=None, rank=0, world_size=1):
+        self.labels = torch.as_tensor(labels)
+        self.seed, self.balanced, self.neg_per_pos = seed, balanced, neg_per_pos
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.positives = self.labels.nonzero().flatten()
+        self.negatives = (self.labels == 0).nonzero().flatten()
+        self.size = len(self.labels)
+        if neg_per_pos:
+            self.size = len(self.positives) + min(len(self.negatives), neg_per_pos * len(self.positives))
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.neg_per_pos:
+            drawn = self.negatives[torch.randperm(len(self.negatives), generator=generator)]
+            chosen = torch.cat([self.positives, drawn[:self.size - len(self.positives)]])
+            order = chosen[torch.randperm(len(chosen), generator=generator)]
+        elif self.balanced:
+            weight_per_class = 1.0 / torch.bincount(self.labels, minlength=2).clamp(min=1)
+            order = torch.multinomial(weight_per_class[self.labels], self.size, True, generator=generator)
+        else:
+            order = torch.randperm(self.size, generator=generator)
+        padded = torch.cat([order, order[:len(self) * self.world_size - self.size]])  # equal shares
+        return iter(padded[self.rank::self.world_size].tolist())
+
+
+def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0, neg_per_pos=None,
+                  rank=0, world_size=1, **preprocessing):
     """DataLoaders for training: train (augmented, shuffled) and val (plain, in order).
 
-    With balanced_sampler, training batches draw each class equally often (minority images repeat):
-    one answer to class imbalance; the others, weighting the loss or focusing it, live in train.py.
-    `preprocessing` (mean, std, colour_constancy, augment) goes to build_transforms.
+    How the training images are drawn (all once, class-balanced, or K benign per malignant) is up to
+    EpochSampler: answers to class imbalance at the sampling end; weighting or focusing the loss, the
+    other answers, live in train.py. rank and world_size give this process its share when several
+    train together. `preprocessing` (mean, std, colour_constancy, augment) goes to build_transforms.
     """
     train_set = CustomDataset(data_dir, "train", build_transforms(img_size, True, **preprocessing))
-    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, **preprocessing))
-    generator = torch.Generator().manual_seed(seed)  # same seed -> same order and same augmentations
-    sampler = None
-    if balanced_sampler:
-        labels = torch.tensor(train_set.table["label"].values)
-        weight_per_class = 1.0 / torch.bincount(labels, minlength=2).clamp(min=1)
-        sampler = WeightedRandomSampler(weight_per_class[labels], len(labels), generator=generator)
+    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, **preprocessing),
+                            shard=(rank, world_size))
+    sampler = EpochSampler(train_set.labels, seed, balanced_sampler, neg_per_pos, rank, world_size)
+    # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
+    generator = torch.Generator().manual_seed(seed)
     # drop_last: a final batch of one image would break BatchNorm's batch statistics.
-    train_loader = DataLoader(train_set, batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=generator, drop_last=len(train_set) > batch_size,
-                              **loader_options(workers))
+    train_loader = DataLoader(train_set, batch_size, sampler=sampler, generator=generator,
+                              drop_last=len(sampler) > batch_size, **loader_options(workers))
     return train_loader, DataLoader(val_set, batch_size, shuffle=False, **loader_options(workers))
 
 
+def default_workers(device):
+    """Worker processes to load images in, by default. Feeding a GPU is the CPU's only job, so all but
+    one core load (at most 8). On a CPU the cores are what trains the model, and loading a 256 px copy
+    takes a few ms against tens of ms of training per image: one worker per four cores keeps up (on a
+    2-core CPU, none: one worker measured no faster than loading in the training process)."""
+    cores = os.cpu_count() or 1
+    return min(8, cores - 1) if device.type == "cuda" else cores // 4
+
+
 def loader_options(workers):
-    """Worker processes decode images while the model computes; pinned memory speeds copies to a GPU."""
+    """Worker processes decode images while the model computes, and stay alive from one epoch to the next
+    (persistent) rather than starting again; pinned memory speeds copies to a GPU."""
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
@@ -230,7 +315,7 @@ def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0,
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for row, index in enumerate(picks):
-            image = load_image(dataset.table["image_path"][index])
+            image = load_image(dataset.paths[index])
             top = header + row * (img_size + 4)
             draw.text((8, top + img_size / 2), "malignant" if dataset.table["label"][index] else "benign",
                       fill="black", font=font, anchor="lm")

@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import (CustomDataset, DataError, Progress, build_transforms, load_image, loader_options,
-                     save_atomically, save_image, to_picture)
+from dataset import (CustomDataset, DataError, Progress, build_transforms, default_workers, load_image,
+                     loader_options, save_atomically, save_image, to_picture)
 from model import load_checkpoint, pick_device
 
 
@@ -342,7 +342,8 @@ def main():
                         help="use the highest threshold that caught this share of the validation images' "
                              "malignant lesions (e.g. 0.9 for screening) instead of the best balanced accuracy")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes (default: as train.py chooses them)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = parser.parse_args()
 
@@ -370,7 +371,8 @@ def main():
         probabilities = []
         for member, info in members:
             dataset = CustomDataset(data, args.split, evaluation_transform(info))
-            loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(args.workers))
+            workers = default_workers(device) if args.workers is None else args.workers
+            loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(workers))
             member_probabilities, labels = predict(member, loader, device, info["tta"])
             probabilities.append(member_probabilities)
         probabilities = mean_over_models(probabilities)

@@ -163,12 +163,17 @@ def build_model(name, pretrained=False):
     if name == "baseline":
         if pretrained:
             raise ValueError("the baseline CNN has no pretrained weights; drop --pretrained or use --model resnet")
-        return BaselineCNN()
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0(pretrained)
-    if name in MODEL_NAMES:
-        return resnet(int(name.removeprefix("resnet")), pretrained)
-    raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")
+        model = BaselineCNN()
+    elif name == "efficientnet_lite0":
+        model = efficientnet_lite0(pretrained)
+    elif name in MODEL_NAMES:
+        model = resnet(int(name.removeprefix("resnet")), pretrained)
+    else:
+        raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")
+    # channels_last stores each pixel's channels side by side (NHWC) instead of one whole plane per
+    # channel (NCHW): the layout that the fast convolution kernels of CPUs (oneDNN) and GPUs (cuDNN) read
+    # best. Same numbers, same results; it trains 1.4x faster on this project's 2-core CPU (see README).
+    return model.to(memory_format=torch.channels_last)
 
 
 def head_name(model):

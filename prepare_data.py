@@ -14,7 +14,8 @@ Reads (detected from the CSV's columns, or from the folder):
 With no --source (or --source isic-archive) it first downloads a subset of the public ISIC Archive, by
 default 400 dermoscopic images as 256 px thumbnails, into OUT/isic-archive-thumbnail/ in the ISIC Archive
 layout (as the official isic-cli writes it), and reads that; a second run fetches only what is missing.
-Writes OUT/labels.csv with columns isic_id, image_path, label, split, group, diagnosis.
+Writes OUT/labels.csv with columns isic_id, image_path, label, split, group, diagnosis, cached_path
+(a resized copy in OUT/resized-256/, made for each image larger than that; see --copy-size).
 
 Examples:
   python prepare_data.py                                          # 400 ISIC Archive images (needs internet)
@@ -43,7 +44,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import DataError, Progress, refuse_huge, save_atomically
+from dataset import DataError, Progress, load_image, refuse_huge, save_atomically
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -61,7 +62,7 @@ def read_ham10000(csv, meta):
                csv.parent / "HAM10000_images_part_2", csv.parent]
     return pd.DataFrame({
         "isic_id": meta["image_id"],
-        "image_path": [find_image(folders, i) for i in meta["image_id"]],
+        "image_path": find_images(folders, meta["image_id"]),
         "label": meta["dx"].str.strip().str.lower().map(HAM_DX),
         "diagnosis": meta["dx"],
         "lesion": meta["lesion_id"],
@@ -77,7 +78,7 @@ def read_isic_archive(csv, meta):
     folders = [csv.parent, csv.parent / "images"]
     return pd.DataFrame({
         "isic_id": meta["isic_id"],
-        "image_path": [find_image(folders, i) for i in meta["isic_id"]],
+        "image_path": find_images(folders, meta["isic_id"]),
         "label": diagnosis.str.strip().str.lower().map({"benign": 0, "malignant": 1}),
         "diagnosis": diagnosis,
         "lesion": meta.get("lesion_id"),
@@ -89,7 +90,7 @@ def read_isic_2024(csv, meta):
     folders = [csv.parent / "train-image" / "image", csv.parent / "images", csv.parent]
     return pd.DataFrame({
         "isic_id": meta["isic_id"],
-        "image_path": [find_image(folders, i) for i in meta["isic_id"]],
+        "image_path": find_images(folders, meta["isic_id"]),
         "label": meta["target"].str.strip().map({"0": 0, "1": 1}),
         "diagnosis": meta["target"],
         "patient": meta["patient_id"],
@@ -112,19 +113,28 @@ LAYOUTS = [
 ]
 
 
-def find_image(folders, image_id):
-    """The first existing <folder>/<image_id>.<suffix>, or the first candidate if none exists."""
+def find_images(folders, image_ids):
+    """For each id, the first existing <folder>/<id>.<suffix>, or the first candidate if none exists."""
     # isic-cli has named its downloads <isic_id>.JPG, which a case-sensitive file system tells apart from .jpg.
     suffixes = (".jpg", ".png", ".jpeg", ".JPG")
-    candidates = [folder / f"{image_id}{suffix}" for folder in folders for suffix in suffixes]
-    return next((path for path in candidates if path.exists()), candidates[0])
+    # Each folder is listed once, and every id looked up in that list: hundreds of thousands of ids
+    # would otherwise cost millions of file-system calls.
+    listed = [(str(folder), set(os.listdir(folder)) if folder.is_dir() else set()) for folder in folders]
+    paths = []
+    for image_id in image_ids:
+        names = [f"{image_id}{suffix}" for suffix in suffixes]
+        found = next((os.path.join(folder, name) for folder, listing in listed for name in names if name in listing),
+                     None)
+        paths.append(found or os.path.join(listed[0][0], names[0]))
+    return paths
 
 
 def refuse_paths_outside(table, csv):
     """An id such as '../../etc/passwd' in a CSV must not become a path outside the data folder."""
     root = os.path.normpath(csv.parent)
     for isic_id, path in zip(table["isic_id"], table["image_path"]):
-        if not Path(os.path.normpath(path)).is_relative_to(root):
+        plain_name = not any(part in str(isic_id) for part in ("/", "\\", ".."))  # the cheap test first
+        if not plain_name and not Path(os.path.normpath(path)).is_relative_to(root):
             raise DataError(f"{csv}: image id {isic_id!r} leads outside {root}; fix or remove that row")
     return table
 
@@ -462,20 +472,21 @@ def download_isic_archive(folder, api, query, max_images, balanced, size):
 # --- Cleaning: drop what cannot be used, and say so -------------------------------------------------
 
 def inspect_image(path):
-    """(sha1 of the file, None) if it decodes, else (None, the reason)."""
+    """(sha1 of the file, None, its shorter side in pixels) if it decodes, else (None, the reason, None)."""
     try:
         data = Path(path).read_bytes()
         image = Image.open(io.BytesIO(data))
         refuse_huge(image, path)
+        shorter_side = min(image.size)
         # Decode at 1/8 scale: JPEG can do that almost for free, and it still reads every byte,
         # so a truncated file is caught without the cost of a full-size decode.
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
-        return hashlib.sha1(data).hexdigest(), None
+        return hashlib.sha1(data).hexdigest(), None, shorter_side
     except FileNotFoundError:
-        return None, "missing"
+        return None, "missing", None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, DataError) as error:
-        return None, f"unreadable ({error})"
+        return None, f"unreadable ({error})", None
 
 
 def report(what, ids):
@@ -485,7 +496,7 @@ def report(what, ids):
 
 
 def drop_unusable(table):
-    """Keep rows with a benign/malignant label and an image that decodes; add a `sha1` column."""
+    """Keep rows with a benign/malignant label and an image that decodes; add `sha1` and `shorter_side`."""
     unlabelled = table["label"].isna()
     for diagnosis, count in table.loc[unlabelled, "diagnosis"].fillna("(empty)").value_counts().items():
         print(f"excluded {count} rows with diagnosis '{diagnosis}' (neither benign nor malignant)")
@@ -499,15 +510,22 @@ def drop_unusable(table):
     report("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
     table = table.drop_duplicates("isic_id")
 
-    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
-    results, progress = [], Progress("checked", len(table))
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for result in pool.map(inspect_image, table["image_path"], chunksize=64):
-            results.append(result)
+    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits. Each task
+    # checks a block of 256 images, so that 400,000 rows make a few thousand tasks, not 400,000.
+    paths = table["image_path"].tolist()
+    blocks = [paths[start:start + 256] for start in range(0, len(paths), 256)]
+    results, progress = [], Progress("checked", len(paths))
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for block in pool.map(lambda block: [inspect_image(path) for path in block], blocks):
+            results += block
             progress.update(len(results))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after Ctrl-C, without checking every remaining block first
     progress.close()
-    table["sha1"] = [sha1 for sha1, _ in results]
-    reasons = pd.Series([reason for _, reason in results], index=table.index)
+    table["sha1"] = [sha1 for sha1, _, _ in results]
+    table["shorter_side"] = [side for _, _, side in results]
+    reasons = pd.Series([reason for _, reason, _ in results], index=table.index)
     report("image file missing", table.loc[reasons == "missing", "isic_id"])
     unreadable = reasons.notna() & (reasons != "missing")
     report("image file unreadable", [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
@@ -517,6 +535,49 @@ def drop_unusable(table):
         raise DataError("no usable rows remain: every row lacked a benign/malignant label or a readable "
                         "image; check that the images sit where the layout expects them")
     return table
+
+
+# --- Decoding once: resized copies -------------------------------------------------------------------
+# A model that looks at 128 or 224 px gains nothing from a 6000x4000 original, but decoding one costs
+# a tenth of a second or more: every epoch, for every image, more than the model's own work on a CPU.
+# So every image whose shorter side is longer than --copy-size gets a copy with that shorter side,
+# decoded and resized once here; the Dataset reads the copy. A little above the training size leaves
+# random crops room to zoom in. Originals are never touched. Copies are named after the sha1 of their
+# original, so a changed original gets a new copy and a second run reuses what is still valid.
+
+def make_resized_copy(path, target, shorter_side):
+    image = load_image(path, shorter_side)  # JPEGs decode straight at 1/2, 1/4 or 1/8 scale
+    scale = shorter_side / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    save_atomically(target, lambda tmp: image.save(tmp, format="JPEG", quality=95))
+
+
+def add_resized_copies(table, out, shorter_side):
+    """A `cached_path` column: the copy's path inside OUT, or empty where the original is small enough."""
+    folder = out / f"resized-{shorter_side}"
+    large = table["shorter_side"] > shorter_side
+    targets = {sha1: folder / f"{sha1}.jpg" for sha1 in table.loc[large, "sha1"]}
+    todo = {sha1: path for sha1, path in zip(table.loc[large, "sha1"], table.loc[large, "image_path"])
+            if not targets[sha1].exists()}
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        progress = Progress("resized", len(todo))
+        # Decoding and resizing release Python's lock, so threads use every core.
+        pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        try:
+            jobs = [pool.submit(make_resized_copy, path, targets[sha1], shorter_side) for sha1, path in todo.items()]
+            for done, job in enumerate(jobs, start=1):
+                job.result()
+                progress.update(done)
+        except KeyboardInterrupt:
+            pool.shutdown(cancel_futures=True)
+            print(f"\ninterrupted; the copies made so far stay in {folder}, and the same command makes the rest")
+            raise SystemExit(130) from None
+        pool.shutdown()
+        progress.close()
+    print(f"resized copies (shorter side {shorter_side} px) of {int(large.sum())} images in {folder}: "
+          f"{len(todo)} made now; {int((~large).sum())} images are small enough to read as they are")
+    return [os.path.relpath(targets[sha1], out) if big else None for sha1, big in zip(table["sha1"], large)]
 
 
 # --- Grouping and splitting --------------------------------------------------------------------------
@@ -625,6 +686,10 @@ def main():
     parser.add_argument("--isic-size", choices=ISIC_FILES, default="thumbnail",
                         help="isic-archive: 'thumbnail' (256 px, the default) or 'full' (the original files)")
     parser.add_argument("--isic-api", default=ISIC_API, help=f"isic-archive: the API's address (default: {ISIC_API})")
+    parser.add_argument("--copy-size", type=int, default=256, metavar="PX",
+                        help="store a copy of every larger image, its shorter side this long, for training to "
+                             "read instead of decoding the original each epoch; keep it above --img-size "
+                             "(default 256; 0: always read the originals)")
     parser.add_argument("--synthetic-count", type=int, default=600, help="images in the synthetic set")
     parser.add_argument("--synthetic-size", type=int, default=128, help="side of a synthetic image, in pixels")
     args = parser.parse_args()
@@ -653,14 +718,18 @@ def main():
                          "val": args.val_fraction, "test": args.test_fraction}
             table["split"] = assign_splits(table, fractions, args.seed)
         check_both_classes(table, args.test_only)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.copy_size:
+            table["cached_path"] = add_resized_copies(table, out, args.copy_size)
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
 
     # Paths inside OUT are stored relative to it (the folder can move); others absolute.
-    out.mkdir(parents=True, exist_ok=True)
-    table["image_path"] = [os.path.relpath(p, out) if Path(p).resolve().is_relative_to(out.resolve())
-                           else str(Path(p).resolve()) for p in table["image_path"]]
+    inside = os.path.abspath(out) + os.sep
+    table["image_path"] = [os.path.relpath(p, out) if os.path.abspath(p).startswith(inside) else os.path.abspath(p)
+                           for p in table["image_path"]]
     columns = ["isic_id", "image_path", "label", "split", "group", "diagnosis"]
+    columns += ["cached_path"] if args.copy_size else []
     # Write to a temporary name and rename: a crash never leaves a half-written labels.csv behind.
     save_atomically(out / "labels.csv", lambda tmp: table[columns].to_csv(tmp, index=False))
     print_counts(table)

@@ -22,23 +22,36 @@ Examples:
                                                            # another seed, to average with evaluate.py
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
   python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
+  python train.py --data data/isic2024 --neg-per-pos 10    # 1 malignant in 1,000: balanced epochs
+  torchrun --nproc_per_node=4 train.py --model resnet --pretrained   # 4 GPUs (or CPU processes), one model
+  torchrun --nnodes=2 --nproc_per_node=8 --rdzv-endpoint=HOST:29500 --rdzv-backend=c10d train.py ...
+                                                           # the same on 2 machines: run it on each
+
+Several processes (torchrun): each trains on its own share of every epoch's images (--batch-size is per
+process, so the effective batch is N times larger), DistributedDataParallel averages their gradients
+after every backward pass, so all hold the same weights; each scores its share of the validation
+images and all share their predictions, so all agree on the metrics and on when to stop; only the
+first (rank 0) prints and writes files.
 """
 import argparse
 import math
+import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch import nn
-
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
-from dataset import (CustomDataset, DataError, Progress, build_loaders, build_transforms, draw_augmentation_grid,
-                     save_atomically, save_image)
+from dataset import (CustomDataset, DataError, EpochSampler, Progress, build_loaders, build_transforms,
+                     default_workers, draw_augmentation_grid, save_atomically, save_image)
 from evaluate import Chart, choose_threshold, predict, roc_auc, threshold_metrics
 from model import build_model, head_name, normalisation, pick_device, read_checkpoint, save_checkpoint
 
@@ -68,17 +81,41 @@ def warmup_cosine(step, warmup_steps, total_steps):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
 
 
-def train_one_epoch(model, loader, loss_function, optimizer, scheduler, device, dry_run=False):
-    """One pass over the training images; returns (mean loss, images seen)."""
+# --- Precision ---------------------------------------------------------------------------------------
+# float32 is the safe default. In bfloat16 (8 bits of mantissa instead of 23, float32's range) or float16
+# a GPU's tensor cores multiply several times faster and activations take half the memory; autocast
+# runs matrix products and convolutions in 16 bits and keeps sums, softmax and the loss in float32,
+# where rounding would hurt. float16's narrow range can flush small gradients to zero, so its loss is
+# scaled up before backward and the gradients scaled back down (GradScaler); bfloat16 needs no scaling.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_precision(requested, device):
+    """'auto' is bf16 on a GPU that has it, else fp32; a CPU without bfloat16 instructions gets a warning."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    if requested == "bf16" and device.type == "cpu" and not (torch.cpu._is_avx512_bf16_supported()
+                                                              or torch.cpu._is_amx_tile_supported()):
+        print("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so --precision bf16 is "
+              "emulated here and far slower than fp32", file=sys.stderr)
+    return requested
+
+
+def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False):
+    """One pass over this process's training images; returns (mean loss, images seen)."""
     model.train()  # dropout on, batch norm learns its statistics
-    total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.dataset))
+    total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.sampler))
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss = loss_function(model(images), labels)
+        with torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32"):
+            loss = loss_function(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()   # gradients of the loss with respect to every weight
-        optimizer.step()  # move each weight a little against its gradient
-        scheduler.step()  # and adjust the step size for the next batch
+        scaler.scale(loss).backward()  # gradients of the loss with respect to every weight
+        scaler.step(optimizer)         # move each weight a little against its gradient
+        scaler.update()                # (fp16 only: a smaller scale if gradients overflowed, else larger)
+        scheduler.step()               # and adjust the step size for the next batch
         total_loss += loss.item() * len(labels)
         seen += len(labels)
         progress.update(seen)
@@ -105,6 +142,16 @@ def backbone_features(model, dataset, batch_size, device):
         setattr(model, name, head)
         progress.close()
     return TensorDataset(torch.cat(features), torch.cat(labels).to(device))
+
+
+def gather(values, world_size):
+    """Every process's list of per-image values, joined back into the dataset's order: process k of n
+    scored images k, k + n, k + 2n ... (CustomDataset's shard). Every process gets the whole list."""
+    if world_size == 1:
+        return values
+    shares = [None] * world_size
+    dist.all_gather_object(shares, values)
+    return [shares[i % world_size][i // world_size] for i in range(sum(map(len, shares)))]
 
 
 def draw_curves(history, best_epoch, path):
@@ -192,8 +239,15 @@ def main():
     parser.add_argument("--balanced-sampler", action="store_true",
                         help="draw training batches with each class equally often")
     parser.add_argument("--patience", type=int, default=5, help="stop after this many epochs without improvement")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in this one)")
+    parser.add_argument("--neg-per-pos", type=int, default=None, metavar="K",
+                        help="each epoch, every malignant training image and K times as many benign ones, drawn "
+                             "afresh (for heavy imbalance such as ISIC 2024's 1:1000)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes (default: on a GPU all CPU cores but one, at most 8; "
+                             "on a CPU one per four cores; 0 loads in the training process)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                        help="auto: bf16 on a GPU that supports it, else fp32; fp16 on CUDA only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
@@ -202,7 +256,7 @@ def main():
     args = parser.parse_args()
     resumed = None
     if args.resume:
-        # The interrupted run's arguments, except where this machine may differ (device, workers).
+        # The interrupted run's arguments, except where this machine may differ (device; workers if given).
         try:
             resumed = read_checkpoint(args.resume)
         except ValueError as error:
@@ -210,11 +264,21 @@ def main():
         if "training_state" not in resumed:
             parser.exit(2, f"error: the run in {args.resume} finished (best epoch {resumed['epoch']}); "
                            "nothing to resume\n")
-        args = argparse.Namespace(**{**resumed["args"], "resume": args.resume, "device": args.device,
-                                     "workers": args.workers})
-    if args.freeze_backbone and not (args.pretrained and not args.tta and not args.balanced_sampler):
+        workers = resumed["args"]["workers"] if args.workers is None else args.workers
+        defaults = vars(parser.parse_args([]))  # for options added since that run
+        args = argparse.Namespace(**{**defaults, **resumed["args"], "resume": args.resume, "device": args.device,
+                                     "workers": workers})
+    # torchrun starts one copy of this script per process and tells each its rank (0 .. N-1) and N.
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if args.freeze_backbone and not (args.pretrained and not args.tta and not args.balanced_sampler
+                                     and not args.neg_per_pos and world_size == 1):
         parser.exit(2, "error: --freeze-backbone needs --pretrained (random features are not worth keeping) and "
-                       "works on features, not images: no --tta, and --class-weights instead of --balanced-sampler\n")
+                       "works on features, not images: no --tta, --class-weights instead of --balanced-sampler "
+                       "or --neg-per-pos, and one process (it takes seconds; no torchrun)\n")
+    if args.balanced_sampler and args.neg_per_pos:
+        parser.exit(2, "error: choose one of --balanced-sampler and --neg-per-pos\n")
+    if args.neg_per_pos is not None and args.neg_per_pos < 1:
+        parser.exit(2, "error: --neg-per-pos must be at least 1\n")
     if args.tta is None:
         args.tta = not args.freeze_backbone
     if args.lr is None:
@@ -226,28 +290,41 @@ def main():
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    args.workers = default_workers(device) if args.workers is None else args.workers
+    if world_size > 1:
+        if device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK is its index on this machine
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        # The processes find each other at torchrun's address; nccl talks GPU to GPU, gloo over TCP.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if rank > 0:
+            sys.stdout = open(os.devnull, "w")  # only rank 0 reports; errors still reach stderr
     # Beside the checkpoint: what the model sees, and how training goes (a CSV and a picture per epoch).
     stem = str(args.out.with_suffix(""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     mean, std = normalisation(args.model)  # what the pretrained weights expect
     try:
+        precision = choose_precision(args.precision, device)
         preprocessing = dict(mean=mean, std=std, colour_constancy=args.colour_constancy, augment=args.augment)
         train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, args.balanced_sampler,
-                                                 args.workers, args.seed, **preprocessing)
+                                                 args.workers, args.seed, args.neg_per_pos, rank, world_size,
+                                                 **preprocessing)
         model = build_model(args.model, args.pretrained).to(device)
-        draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed,
-                               **preprocessing)
+        if rank == 0:
+            draw_augmentation_grid(args.data, args.img_size, f"{stem}-augmentations.png", seed=args.seed,
+                                   **preprocessing)
     except (DataError, ValueError, RuntimeError) as error:
         parser.exit(2, f"error: {error}\n")
-    train_labels = torch.tensor(train_loader.dataset.table["label"].values)
-    val_ids = val_loader.dataset.table["isic_id"].tolist()
-    print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}; "
-          f"{len(train_labels)} training images ({int(train_labels.sum())} malignant), "
-          f"{len(val_ids)} validation images")
+    train_labels = torch.tensor(train_loader.dataset.labels)
+    val_ids = gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
+    print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}"
+          f"{f' x {world_size} processes' if world_size > 1 else ''}, {precision}; {len(train_labels)} training "
+          f"images ({int(train_labels.sum())} malignant), {len(val_ids)} validation images; "
+          f"{len(train_loader.sampler) * world_size} training images per epoch")
 
     # What learns: the whole model, or with --freeze-backbone only its head. Then the backbone never
     # changes, so each image's features are computed once and the head trains on those, epoch after epoch.
-    learner = model
+    trainable = model
     if args.freeze_backbone:
         try:
             plain_train_set = CustomDataset(args.data, "train", build_transforms(args.img_size, False, **preprocessing))
@@ -255,10 +332,15 @@ def main():
             val_features = backbone_features(model, val_loader.dataset, args.batch_size, device)
         except DataError as error:
             parser.exit(2, f"error: {error}\n")
-        train_loader = DataLoader(train_features, args.batch_size, shuffle=True, generator=train_loader.generator,
-                                  drop_last=len(train_features) > args.batch_size)
+        train_loader = DataLoader(train_features, args.batch_size, sampler=EpochSampler(train_labels, args.seed),
+                                  generator=train_loader.generator, drop_last=len(train_features) > args.batch_size)
         val_loader = DataLoader(val_features, args.batch_size)
-        learner = getattr(model, head_name(model))
+        trainable = getattr(model, head_name(model))
+    # With several processes, DistributedDataParallel wraps what learns: the same weights everywhere, and
+    # after each backward pass every gradient is averaged over the processes (while backward still runs).
+    learner = trainable
+    if world_size > 1:
+        learner = DistributedDataParallel(trainable, device_ids=[device] if device.type == "cuda" else None)
 
     # Cross-entropy: -log of the probability the model gave the true class. With --class-weights each
     # malignant image counts (benign count / malignant count) times as much, so that ignoring the rare
@@ -277,13 +359,14 @@ def main():
     # already good, can move more gently, at lr * --backbone-lr-factor.
     head = list(getattr(model, head_name(model)).parameters())
     head_ids = {id(p) for p in head}
-    backbone = [p for p in learner.parameters() if id(p) not in head_ids]
+    backbone = [p for p in trainable.parameters() if id(p) not in head_ids]
     groups = [{"params": head, "lr": args.lr}]
     groups += [{"params": backbone, "lr": args.lr * args.backbone_lr_factor}] if backbone else []
     optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
     steps = args.epochs * len(train_loader)
     warmup_steps = round(args.warmup_epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # does nothing unless fp16
 
     # What the checkpoint keeps of the best epoch so far (the weights and what evaluate.py needs).
     best = {"epoch": 0, "score": -math.inf}
@@ -305,10 +388,22 @@ def main():
     try:
         for epoch in range(first_epoch, args.epochs + 1):
             started = time.time()
-            train_loss, seen = train_one_epoch(learner, train_loader, loss_function, optimizer, scheduler, device,
-                                               args.dry_run)
+            train_loader.sampler.set_epoch(epoch)  # this epoch's images and order: from (seed, epoch)
+            train_loss, seen = train_one_epoch(learner, train_loader, loss_function, optimizer, scheduler, scaler,
+                                               precision, device, args.dry_run)
+            if world_size > 1:  # every process saw as many images; its mean loss is one share of the mean
+                seen, shares = seen * world_size, torch.tensor(train_loss, device=device)
+                dist.all_reduce(shares)  # gloo and nccl both sum
+                train_loss = shares.item() / world_size
+                # Batch norm's running statistics are not gradients: each process updated its own in the
+                # last step. Rank 0's are the ones saved, so all validate with those.
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
             train_seconds = time.time() - started
-            probabilities, labels = predict(learner, val_loader, device, args.tta)
+            # Validation in the training precision; each process scores its share, then all share theirs.
+            with torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32"):
+                probabilities, labels = predict(trainable, val_loader, device, args.tta)
+            probabilities, labels = gather(probabilities, world_size), gather(labels, world_size)
             # The training loss again, from the probability each validation image gave its true class.
             val_loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels))
             val_loss /= len(labels)
@@ -333,21 +428,22 @@ def main():
                         "val_predictions": {"isic_id": val_ids,
                                             "probability": probabilities, "label": labels}}
             finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
-            # Saved after every epoch: the best weights for evaluate.py and, until the run is finished,
-            # everything needed to carry on from here after a crash, Ctrl-C or kill.
-            training_state = {} if finished else {"training_state": {
-                "epoch": epoch, "model": weights, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
-                "best_score": best["score"], "history": history}}
-            save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
-                            mean=mean, std=std, colour_constancy=args.colour_constancy, tta=args.tta,
-                            threshold=best["threshold"], val_metrics=best["val_metrics"],
-                            val_predictions=best["val_predictions"], epoch=best["epoch"],
-                            args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                            **training_state)
-            saved_epoch = epoch
-            save_atomically(f"{stem}-log.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-            draw_curves(history, best["epoch"], f"{stem}-curves.png")
+            if rank == 0:  # the other processes hold the same weights and metrics: one copy is written
+                # Saved after every epoch: the best weights for evaluate.py and, until the run is finished,
+                # everything needed to carry on from here after a crash, Ctrl-C or kill.
+                training_state = {} if finished else {"training_state": {
+                    "epoch": epoch, "model": weights, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "random": random_state(train_loader.generator),
+                    "best_score": best["score"], "history": history}}
+                save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size,
+                                mean=mean, std=std, colour_constancy=args.colour_constancy, tta=args.tta,
+                                threshold=best["threshold"], val_metrics=best["val_metrics"],
+                                val_predictions=best["val_predictions"], epoch=best["epoch"],
+                                args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                **training_state)
+                saved_epoch = epoch
+                save_atomically(f"{stem}-log.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+                draw_curves(history, best["epoch"], f"{stem}-curves.png")
             if finished:
                 if epoch < args.epochs:
                     print(f"no improvement for {args.patience} epochs: stopping early")
@@ -361,6 +457,8 @@ def main():
         parser.exit(2, f"error: {error}\n")
     print(f"best epoch {best['epoch']} (val AUC {best['val_metrics']['auc']:.3f}, threshold {best['threshold']:.3g}) "
           f"saved to {args.out}")
+    if world_size > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

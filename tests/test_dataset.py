@@ -3,9 +3,11 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from conftest import make_image
-from dataset import DataError, build_loaders, build_transforms, CustomDataset, load_image, shades_of_grey
+from dataset import (DataError, EpochSampler, build_loaders, build_transforms, CustomDataset, load_image,
+                     shades_of_grey)
 
 
 @pytest.mark.parametrize("mode, colour", [("L", 128), ("LA", (128, 200)), ("RGBA", (10, 20, 30, 0)),
@@ -125,8 +127,51 @@ def test_dataset_reads_one_split(tmp_path):
 def test_balanced_sampler_draws_both_classes_about_equally(tmp_path):
     make_labels(tmp_path, 90, 10)  # 60 + 7 training images: about 1 in 10 malignant
     loader, _ = build_loaders(tmp_path, img_size=8, batch_size=16, balanced_sampler=True)
-    drawn = torch.cat([labels for _ in range(10) for _, labels in loader])
+    drawn = torch.cat([labels for epoch in range(10) if loader.sampler.set_epoch(epoch) is None
+                       for _, labels in loader])
     assert 0.4 < drawn.float().mean() < 0.6
     plain, _ = build_loaders(tmp_path, img_size=8, batch_size=16)
-    drawn = torch.cat([labels for _ in range(3) for _, labels in plain])
+    drawn = torch.cat([labels for _, labels in plain])
     assert drawn.float().mean() < 0.2
+
+
+def test_epoch_sampler_plain_negatives_per_positive_and_shares():
+    labels = [1] * 5 + [0] * 95
+    plain = EpochSampler(labels, seed=0)
+    assert sorted(plain) == list(range(100))  # every image once...
+    plain.set_epoch(1)
+    first = list(plain)
+    plain.set_epoch(2)
+    assert list(plain) != first and sorted(plain) == list(range(100))  # ...in a new order each epoch
+    plain.set_epoch(1)
+    assert list(plain) == first  # a function of (seed, epoch): a resumed run draws the same
+
+    # 3 benign per malignant: every malignant image, 15 benign ones, a different 15 each epoch.
+    sampler = EpochSampler(labels, seed=0, neg_per_pos=3)
+    seen_benign = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler) == 20 and len(set(drawn)) == 20
+        assert sorted(i for i in drawn if labels[i]) == [0, 1, 2, 3, 4]
+        seen_benign |= {i for i in drawn if not labels[i]}
+    assert len(seen_benign) > 50  # fresh negatives: 6 epochs x 15 draws cover most of the 95
+
+    # Three processes: disjoint shares of one epoch, of equal length (padded), covering it all.
+    shares = [list(EpochSampler(labels, seed=0, neg_per_pos=3, rank=k, world_size=3)) for k in range(3)]
+    assert [len(share) for share in shares] == [7, 7, 7]
+    assert sorted(set(sum(shares, []))) == sorted(drawn_at_epoch_0(labels))
+
+
+def drawn_at_epoch_0(labels):
+    return list(EpochSampler(labels, seed=0, neg_per_pos=3))
+
+
+def test_worker_processes_also_work_when_started_by_spawn(tmp_path):
+    # macOS and Windows start DataLoader workers fresh ("spawn"), not as copies of this process ("fork"):
+    # the dataset, its transforms and the colour correction must reach them by pickling.
+    make_labels(tmp_path, 30, 6)
+    dataset = CustomDataset(tmp_path, "train", build_transforms(16, True, colour_constancy=True))
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 16, 16) and labels.tolist() == dataset.labels[:4]

@@ -1,9 +1,11 @@
 """prepare_data.py: the four layouts, labels, exclusions, grouping, splits and subsets."""
 import pandas as pd
 import pytest
+from PIL import Image
 
 import prepare_data
 from conftest import make_image, run_main
+from dataset import CustomDataset, build_transforms
 
 
 def prepare(monkeypatch, source, out, *extra):
@@ -165,3 +167,36 @@ def test_test_only_and_balanced_subset(tmp_path, monkeypatch):
     stratified = prepare(monkeypatch, tmp_path / "ham", tmp_path / "strat", "--max-images", 30)
     assert len(stratified) == 30 and stratified["label"].sum() == 10
     assert_groups_never_cross_splits(subset)
+
+
+def test_large_images_get_resized_copies_that_training_reads(tmp_path, monkeypatch, capsys):
+    # Class folders: 6 large photos, 400x300, one of them stored on its side with an EXIF rotation; and 6 small.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": shown as 300x400
+    for shade, label in enumerate(("benign", "malignant")):
+        for i in range(6):
+            path = make_image(tmp_path / "src" / label / f"{label}_{i}.jpg", (40 * i, 90, 60 * shade), (400, 300))
+            if i == 0:
+                Image.open(path).save(path, exif=exif)
+        for i in range(6, 12):
+            make_image(tmp_path / "src" / label / f"{label}_{i}.jpg", (20 * i, 90, 60 * shade), (64, 48))
+    originals = {path: path.read_bytes() for path in (tmp_path / "src").rglob("*.jpg")}
+    table = prepare(monkeypatch, tmp_path / "src", tmp_path / "out", "--copy-size", 100)
+    assert "of 12 images" in capsys.readouterr().out
+
+    large = table["isic_id"].str.split("_").str[1].astype(int) < 6
+    assert table.loc[~large, "cached_path"].isna().all()  # small enough: read as they are
+    for row in table[large].itertuples():
+        copy = Image.open(tmp_path / "out" / row.cached_path)
+        expected = (100, 133) if row.isic_id.endswith("_0") else (133, 100)  # upright, shorter side 100
+        assert copy.size == expected and copy.format == "JPEG", row
+    assert {path: path.read_bytes() for path in (tmp_path / "src").rglob("*.jpg")} == originals  # untouched
+
+    # A second run reuses the copies; then training reads them, even with the large originals gone.
+    prepare(monkeypatch, tmp_path / "src", tmp_path / "out", "--copy-size", 100)
+    assert "of 12 images in" in (output := capsys.readouterr().out) and ": 0 made now" in output
+    for path in originals:
+        if int(path.stem.split("_")[1]) < 6:
+            path.unlink()
+    dataset = CustomDataset(tmp_path / "out", "train", build_transforms(32, train=False))
+    assert all(dataset[i][0].shape == (3, 32, 32) for i in range(len(dataset)))

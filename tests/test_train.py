@@ -127,4 +127,24 @@ def test_a_linear_probe_trains_the_head_only_and_learns(synthetic_data, tmp_path
 def test_loss_and_sampler_options_run(synthetic_data, tmp_path, monkeypatch, capsys):
     train_briefly(tmp_path, synthetic_data, monkeypatch, "weighted", "--class-weights", "--dry-run")
     train_briefly(tmp_path, synthetic_data, monkeypatch, "sampled", "--balanced-sampler", "--dry-run")
-    assert capsys.readouterr().out.count("epoch   1/1 ") == 2
+    # 239 training images, 80 malignant: an epoch of 1 benign per malignant sees 160 of them.
+    train_briefly(tmp_path, synthetic_data, monkeypatch, "subset", "--neg-per-pos", 1, "--dry-run")
+    output = capsys.readouterr().out
+    assert output.count("epoch   1/1 ") == 3 and "; 160 training images per epoch" in output
+    code = run_main(train, "--data", synthetic_data, "--balanced-sampler", "--neg-per-pos", 2, monkeypatch=monkeypatch)
+    assert code == 2 and "choose one of --balanced-sampler and --neg-per-pos" in capsys.readouterr().err
+
+
+def test_bfloat16_learns_as_float32_does_and_float16_needs_a_gpu(synthetic_data, tmp_path, monkeypatch, capsys):
+    # Autocast on the CPU runs the same code as on a GPU; here emulated (slowly) where the CPU lacks bf16.
+    full = train_briefly(tmp_path, synthetic_data, monkeypatch, "fp32", "--no-tta", "--epochs", 3)
+    half = train_briefly(tmp_path, synthetic_data, monkeypatch, "bf16", "--no-tta", "--epochs", 3,
+                         "--precision", "bf16")
+    assert half["args"]["precision"] == "bf16" and "on cpu, bf16; " in capsys.readouterr().out
+    assert abs(half["val_metrics"]["auc"] - full["val_metrics"]["auc"]) < 0.05, (half["val_metrics"],
+                                                                                full["val_metrics"])
+    assert next(iter(half["state_dict"].values())).dtype == torch.float32  # autocast leaves the weights in fp32
+    if not torch.cuda.is_available():
+        code = run_main(train, "--data", synthetic_data, "--precision", "fp16", "--out", tmp_path / "x.pt",
+                        monkeypatch=monkeypatch)
+        assert code == 2 and "--precision fp16 needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,343 @@
+"""Speed: loading, training and evaluation images/s, against a plain reference loop on the same images.
+
+For each model and image size it measures, in this process and on the same images:
+  load   decode + augment only (no model): ours reads prepare_data.py's resized copies with worker
+         processes; the reference decodes the original file every time, in the training process;
+  train  the whole training step, loading included: ours is train.py's own train_one_epoch (channels_last,
+         workers, --precision auto); the reference is the loop of the PyTorch transfer-learning tutorial
+         (float32, default memory layout, DataLoader defaults), once on the same resized copies
+         ("train") and once on the originals ("epoch": what a reference epoch really costs).
+         Both apply the same augmentations (dataset.py's), so the ratios measure the engineering alone;
+  eval   scoring without gradients: evaluate.py's predict() against a torch.no_grad() loop;
+  memory the process's peak resident memory while training (worker processes not included), or the
+         GPU's peak allocation on CUDA.
+Then ratios ours / reference, which hold on a noisy machine because both sides share it; the rate
+of 2048x2048 float32 matrix products, to say how close training gets to what the machine can do;
+and the wall time of the README's offline quick start (prepare, train, evaluate: three processes).
+
+--large WxH re-saves the images as WxH JPEGs first, as real ISIC Archive originals are (up to 6000x4000),
+to show what decoding costs. --big-table instead times prepare_data.py on a generated ISIC 2024-size
+metadata table (401,059 rows, 393 malignant) with one small image file per row.
+
+Usage (a 2-core CPU: about 10 minutes; --large 3000x2000 about 15):
+  python benchmarks/speed.py                              # the synthetic set
+  python benchmarks/speed.py --large 3000x2000            # the same lesions as large JPEGs
+  python benchmarks/speed.py --data ../shared/data/ham10000 --images 320
+  python benchmarks/speed.py --big-table
+"""
+import argparse
+import io
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dataset import (CustomDataset, build_transforms, default_workers, loader_options,  # noqa: E402
+                     read_labels)
+from evaluate import predict  # noqa: E402
+from model import build_model, normalisation, pick_device  # noqa: E402
+from train import choose_precision, train_one_epoch  # noqa: E402
+
+
+# --- The reference: the transfer-learning tutorial's way -----------------------------------------------
+
+class ReferenceDataset(Dataset):
+    """As torchvision's ImageFolder does it: open and decode the file, full size, every time."""
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.transform(Image.open(self.paths[index]).convert("RGB")), self.labels[index]
+
+
+def reference_train(model, loader, device):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = criterion(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+
+
+def reference_eval(model, loader, device):
+    model.eval()
+    with torch.no_grad():
+        for inputs, _ in loader:
+            model(inputs.to(device)).softmax(dim=1)
+
+
+def reference_load(loader):
+    for _ in loader:
+        pass
+
+
+# --- Measuring -----------------------------------------------------------------------------------------
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak (VmHWM) from the current size
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        return int(next(line for line in status.read_text().splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+ROUNDS = 2  # each figure is the best of this many runs: a busy machine only ever slows a run down
+
+
+def timed(work, images, device, rounds=ROUNDS):
+    """images/s of work() (the best of `rounds` runs), and the peak memory meanwhile."""
+    best = 0
+    reset_peak_memory(device)
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, images / (time.perf_counter() - started))
+    return best, peak_memory_mb(device)
+
+
+def matmul_gflops(device, dtype=torch.float32, n=2048, repeats=10):
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    a @ a
+    rate, _ = timed(lambda: [a @ a for _ in range(repeats)], repeats, device, rounds=3)
+    return rate * 2 * n**3 / 1e9
+
+
+def training_gflop_per_image(name, size):
+    """Forward FLOPs of one image, times 3: the backward pass costs about twice the forward."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        build_model(name)(torch.zeros(1, 3, size, size))
+    return 3 * counter.get_total_flops() / 1e9
+
+
+def measure_ours(name, train_set, eval_set, make_loader, images, device):
+    """Training as train.py runs it, and evaluate.py's predict()."""
+    torch.manual_seed(0)
+    precision = choose_precision("auto", device)
+    model = build_model(name).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loader, eval_loader = make_loader(train_set), make_loader(eval_set)
+
+    def train():
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, scaler, precision, device)
+
+    train()  # warm-up: workers start, kernels are chosen
+    speed, memory = timed(train, images, device)
+    predict(model, eval_loader, device)
+    return {"train ours": speed, "memory ours MB": memory,
+            "eval ours": timed(lambda: predict(model, eval_loader, device), images, device)[0]}
+
+
+def measure_reference(name, cached_set, original_set, eval_set, make_loader, batch_size, images, device):
+    """The reference: same architecture and initial weights, default (NCHW) layout, float32."""
+    torch.manual_seed(0)
+    model = build_model(name).to(device, memory_format=torch.contiguous_format)
+    reference_train(model, make_loader(Subset(cached_set, range(batch_size))), device)  # warm-up
+    speed, memory = timed(lambda: reference_train(model, make_loader(cached_set), device), images, device)
+    return {"train ref": speed, "memory ref MB": memory,
+            "epoch ref": timed(lambda: reference_train(model, make_loader(original_set), device), images, device)[0],
+            "eval ref": timed(lambda: reference_eval(model, make_loader(eval_set), device), images, device)[0]}
+
+
+def measure(name, size, data, count, batch_size, workers, device):
+    mean, std = normalisation(name)
+    table = read_labels(data)
+    table = table[table["split"] == "train"].head(count)
+    ours_set = Subset(CustomDataset(data, "train", build_transforms(size, True, mean, std)), range(len(table)))
+    ours_eval_set = Subset(CustomDataset(data, "train", build_transforms(size, False, mean, std)), range(len(table)))
+    labels = table["label"].tolist()
+    augment, plain = build_transforms(size, True, mean, std), build_transforms(size, False, mean, std)
+    cached_ref = ReferenceDataset(table["load_path"].tolist(), labels, augment)
+    original_ref = ReferenceDataset(table["image_path"].tolist(), labels, augment)
+    eval_ref = ReferenceDataset(table["load_path"].tolist(), labels, plain)
+
+    def ours_loader(dataset):
+        return DataLoader(dataset, batch_size, shuffle=True, drop_last=True, **loader_options(workers))
+
+    def reference_loader(dataset):
+        return DataLoader(dataset, batch_size, shuffle=True, drop_last=True)
+
+    images = len(table) // batch_size * batch_size
+    row = {"model": name, "size": size, "images": images}
+    # Loading alone.
+    load_loader = ours_loader(ours_set)
+    reference_load(load_loader)  # starts the persistent workers, if any
+    row["load ours"], _ = timed(lambda: reference_load(load_loader), images, device)
+    row["load ref"], _ = timed(lambda: reference_load(reference_loader(original_ref)), images, device)
+
+    row.update(measure_ours(name, ours_set, ours_eval_set, ours_loader, images, device))
+    row.update(measure_reference(name, cached_ref, original_ref, eval_ref, reference_loader, batch_size, images,
+                                 device))
+    for what in ("load", "train", "eval"):
+        row[f"{what} ratio"] = row[f"{what} ours"] / row[f"{what} ref"]
+    row["epoch ratio"] = row["train ours"] / row["epoch ref"]
+    row["GFLOP/s"] = row["train ours"] * training_gflop_per_image(name, size)
+    return row
+
+
+# --- Preparing the images ----------------------------------------------------------------------------
+
+def run(*command, cwd=ROOT):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *map(str, command)], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(map(str, command))} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started, result.stdout
+
+
+def make_large_copies(data, out, width, height):
+    """The prepared images, upscaled to width x height and saved as JPEGs in benign/ and malignant/."""
+    table = read_labels(data)
+    for row in table.itertuples():
+        folder = out / ("malignant" if row.label else "benign")
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.open(row.load_path).convert("RGB").resize((width, height), Image.BICUBIC)
+        image.save(folder / f"{row.isic_id}.jpg", quality=90)
+
+
+def quick_start_seconds(work):
+    """The README's offline quick start, each step a process of its own, in a scratch folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    steps = {}
+    for step, command in (("prepare", ["prepare_data.py", "--source", "synthetic"]), ("train", ["train.py"]),
+                          ("evaluate", ["evaluate.py", "checkpoints/baseline.pt"])):
+        steps[step], _ = run(ROOT / command[0], *command[1:], cwd=work)
+    return steps
+
+
+def big_table(work, rows=401_059, positives=393, patients=1_042):
+    """An ISIC 2024-size metadata table with one small distinct image per row; prepare_data.py timed on it."""
+    folder = work / "isic2024" / "train-image" / "image"
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (180, 120, 100)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    for index in range(rows):  # one small JPEG, made distinct by a comment segment (FF FE) naming the row
+        comment = f"row {index}".encode()
+        (folder / f"ISIC_{index:07d}.jpg").write_bytes(jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big")
+                                                       + comment + jpeg[2:])
+    generator = torch.Generator().manual_seed(0)
+    target = torch.zeros(rows, dtype=torch.long)
+    target[torch.randperm(rows, generator=generator)[:positives]] = 1
+    meta = pd.DataFrame({"isic_id": [f"ISIC_{i:07d}" for i in range(rows)], "target": target.numpy(),
+                         "patient_id": [f"IP_{i:07d}" for i in torch.randint(patients, (rows,), generator=generator)]})
+    meta.to_csv(work / "isic2024" / "train-metadata.csv", index=False)
+    print(f"generated {rows:,} rows and images in {time.perf_counter() - started:.0f} s")
+    script = ("import resource, runpy, sys, time; sys.argv = ['prepare_data.py'] + sys.argv[1:]; "
+              "started = time.perf_counter(); runpy.run_path(sys.argv[0], run_name='__main__'); "
+              "print(f'peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
+              "{time.perf_counter() - started:.1f} s')")
+    seconds, output = run("-c", script, "--source", work / "isic2024", "--out", work / "prepared", cwd=ROOT)
+    print(output)
+
+
+def markdown(table):
+    """The table as Markdown, for the README: numbers with at most one decimal."""
+    cells = [[f"{value:.1f}" if isinstance(value, float) else str(value) for value in row] for row in table.values]
+    lines = [list(table.columns), ["---"] * len(table.columns), *cells]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None,
+                        help="a prepared folder (with labels.csv) or a source for prepare_data.py (default: the "
+                             "synthetic set)")
+    parser.add_argument("--images", type=int, default=160, help="training images per measurement")
+    parser.add_argument("--large", default=None, metavar="WxH", help="re-save the images as JPEGs of this size first")
+    parser.add_argument("--models", nargs="+", default=["baseline", "resnet18"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: as train.py)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-quick-start", action="store_true", help="skip timing the README's quick start")
+    parser.add_argument("--big-table", action="store_true", help="only time prepare_data.py on a generated "
+                                                                 "ISIC 2024-size table")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted after)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    device = pick_device(args.device)
+    args.workers = default_workers(device) if args.workers is None else args.workers
+    print(f"{torch.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
+          f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads); {args.workers} loader workers")
+    try:
+        if args.big_table:
+            big_table(work)
+            return
+        data = Path(args.data) if args.data else None
+        if data is None or not (data / "labels.csv").exists():
+            source = data or "synthetic"
+            count = max(200, 2 * args.images)  # the train split (70 %) holds --images of them
+            seconds, _ = run("prepare_data.py", "--source", source, "--out", work / "prepared",
+                             "--synthetic-count", count)
+            data = work / "prepared"
+        if args.large:
+            width, height = map(int, args.large.lower().split("x"))
+            started = time.perf_counter()
+            make_large_copies(data, work / "large", width, height)
+            print(f"saved {len(read_labels(data))} images as {width}x{height} JPEGs "
+                  f"in {time.perf_counter() - started:.0f} s")
+            seconds, output = run("prepare_data.py", "--source", work / "large", "--out", work / "prepared-large")
+            data = work / "prepared-large"
+            print(f"prepare_data.py on them, resized copies included: {seconds:.0f} s; "
+                  + next(line for line in output.splitlines() if line.startswith("resized copies")))
+
+        float32 = matmul_gflops(device)
+        print(f"2048x2048 matrix products: {float32:.0f} GFLOP/s in float32")
+        rows = []
+        for name in args.models:
+            for size in args.sizes:
+                rows.append(measure(name, size, data, args.images, args.batch_size, args.workers, device))
+                print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
+        table = pd.DataFrame(rows)
+        print("\nimages/s (memory in MB), ours against the reference loop (ref), and ours / ref:")
+        print(markdown(table))
+        print(f"training at {table['GFLOP/s'].max():.0f} GFLOP/s at best, against {float32:.0f} GFLOP/s of "
+              "float32 matrix products")
+        if not args.no_quick_start:
+            steps = quick_start_seconds(work / "quick-start")
+            print("README quick start: " + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items())
+                  + f"; {sum(steps.values()) / 60:.1f} minutes in all")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
