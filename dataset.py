@@ -159,9 +159,9 @@ def read_labels(data_dir):
                                 "fix or remove the row")
     table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute
     # The copy to read: prepare_data.py's resized copy where it made one (see there), else the original.
-    cached = table["cached_path"] if "cached_path" in table else pd.Series(None, index=table.index, dtype=str)
+    copies = table["cached_path"] if "cached_path" in table else [None] * len(table)
     table["load_path"] = [str(csv.parent / copy) if isinstance(copy, str) else original
-                          for copy, original in zip(cached, table["image_path"])]
+                          for copy, original in zip(copies, table["image_path"])]
     return table
 
 
@@ -253,11 +253,14 @@ def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, worker
     return train_loader, DataLoader(val_set, batch_size, shuffle=False, **loader_options(workers))
 
 
-def default_workers(device):
-    """Worker processes to load images in, by default. Feeding a GPU is the CPU's only job, so all but
-    one core load (at most 8). On a CPU the cores are what trains the model, and loading a 256 px copy
-    takes a few ms against tens of ms of training per image: one worker per four cores keeps up (on a
-    2-core CPU, none: one worker measured no faster than loading in the training process)."""
+def worker_count(requested, device):
+    """Worker processes to load images in: as requested, or by default for the device. Feeding a GPU is
+    the CPU's only job, so all but one core load (at most 8). On a CPU the cores are what trains the
+    model, and loading a 256 px copy takes a few ms against tens of ms of training per image: one worker
+    per four cores keeps up (on a 2-core CPU, none: one worker measured no clear gain over loading in
+    the training process, see README)."""
+    if requested is not None:
+        return requested
     cores = os.cpu_count() or 1
     return min(8, cores - 1) if device.type == "cuda" else cores // 4
 

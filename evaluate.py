@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import (CustomDataset, DataError, Progress, build_transforms, default_workers, load_image,
-                     loader_options, save_atomically, save_image, to_picture)
+from dataset import (CustomDataset, DataError, Progress, build_transforms, load_image, loader_options,
+                     save_atomically, save_image, to_picture, worker_count)
 from model import load_checkpoint, pick_device
 
 
@@ -371,8 +371,8 @@ def main():
         probabilities = []
         for member, info in members:
             dataset = CustomDataset(data, args.split, evaluation_transform(info))
-            workers = default_workers(device) if args.workers is None else args.workers
-            loader = DataLoader(dataset, args.batch_size, shuffle=False, **loader_options(workers))
+            loader = DataLoader(dataset, args.batch_size, shuffle=False,
+                                **loader_options(worker_count(args.workers, device)))
             member_probabilities, labels = predict(member, loader, device, info["tta"])
             probabilities.append(member_probabilities)
         probabilities = mean_over_models(probabilities)

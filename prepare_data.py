@@ -489,6 +489,23 @@ def inspect_image(path):
         return None, f"unreadable ({error})", None
 
 
+def in_threads(work, items, what, threads, block=256):
+    """[work(item) for item in items], in threads, with a progress line. Items go in blocks, so that
+    400,000 of them make a few thousand tasks, not 400,000 (each a few kB of memory); Ctrl-C cancels the
+    blocks not yet started instead of waiting for them all."""
+    blocks = [items[start:start + block] for start in range(0, len(items), block)]
+    results, progress = [], Progress(what, len(items))
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        for done in pool.map(lambda part: [work(item) for item in part], blocks):
+            results += done
+            progress.update(len(results))
+    finally:
+        pool.shutdown(cancel_futures=True)
+    progress.close()
+    return results
+
+
 def report(what, ids):
     if len(ids):
         examples = ", ".join(map(str, list(ids)[:5])) + (", ..." if len(ids) > 5 else "")
@@ -510,19 +527,8 @@ def drop_unusable(table):
     report("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
     table = table.drop_duplicates("isic_id")
 
-    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits. Each task
-    # checks a block of 256 images, so that 400,000 rows make a few thousand tasks, not 400,000.
-    paths = table["image_path"].tolist()
-    blocks = [paths[start:start + 256] for start in range(0, len(paths), 256)]
-    results, progress = [], Progress("checked", len(paths))
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        for block in pool.map(lambda block: [inspect_image(path) for path in block], blocks):
-            results += block
-            progress.update(len(results))
-    finally:
-        pool.shutdown(cancel_futures=True)  # after Ctrl-C, without checking every remaining block first
-    progress.close()
+    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
+    results = in_threads(inspect_image, table["image_path"].tolist(), "checked", min(8, os.cpu_count() or 1))
     table["sha1"] = [sha1 for sha1, _, _ in results]
     table["shorter_side"] = [side for _, _, side in results]
     reasons = pd.Series([reason for _, reason, _ in results], index=table.index)
@@ -557,24 +563,18 @@ def add_resized_copies(table, out, shorter_side):
     folder = out / f"resized-{shorter_side}"
     large = table["shorter_side"] > shorter_side
     targets = {sha1: folder / f"{sha1}.jpg" for sha1 in table.loc[large, "sha1"]}
-    todo = {sha1: path for sha1, path in zip(table.loc[large, "sha1"], table.loc[large, "image_path"])
-            if not targets[sha1].exists()}
+    # One copy per distinct file (keyed by sha1): two ids of one file must not write the same copy at once.
+    todo = list({sha1: (path, targets[sha1]) for sha1, path in zip(table.loc[large, "sha1"],
+                                                                    table.loc[large, "image_path"])
+                 if not targets[sha1].exists()}.values())
     if todo:
         folder.mkdir(parents=True, exist_ok=True)
-        progress = Progress("resized", len(todo))
-        # Decoding and resizing release Python's lock, so threads use every core.
-        pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        try:
-            jobs = [pool.submit(make_resized_copy, path, targets[sha1], shorter_side) for sha1, path in todo.items()]
-            for done, job in enumerate(jobs, start=1):
-                job.result()
-                progress.update(done)
+        try:  # decoding and resizing release Python's lock, so threads use every core
+            in_threads(lambda job: make_resized_copy(*job, shorter_side), todo, "resized", os.cpu_count() or 1,
+                       block=16)
         except KeyboardInterrupt:
-            pool.shutdown(cancel_futures=True)
             print(f"\ninterrupted; the copies made so far stay in {folder}, and the same command makes the rest")
             raise SystemExit(130) from None
-        pool.shutdown()
-        progress.close()
     print(f"resized copies (shorter side {shorter_side} px) of {int(large.sum())} images in {folder}: "
           f"{len(todo)} made now; {int((~large).sum())} images are small enough to read as they are")
     return [os.path.relpath(targets[sha1], out) if big else None for sha1, big in zip(table["sha1"], large)]

@@ -51,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 from dataset import (CustomDataset, DataError, EpochSampler, Progress, build_loaders, build_transforms,
-                     default_workers, draw_augmentation_grid, save_atomically, save_image)
+                     draw_augmentation_grid, save_atomically, save_image, worker_count)
 from evaluate import Chart, choose_threshold, predict, roc_auc, threshold_metrics
 from model import build_model, head_name, normalisation, pick_device, read_checkpoint, save_checkpoint
 
@@ -103,13 +103,18 @@ def choose_precision(requested, device):
     return requested
 
 
+def autocast(precision, device):
+    """The context in which the model runs at this precision (for fp32: one that changes nothing)."""
+    return torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32")
+
+
 def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False):
     """One pass over this process's training images; returns (mean loss, images seen)."""
     model.train()  # dropout on, batch norm learns its statistics
     total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.sampler))
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32"):
+        with autocast(precision, device):
             loss = loss_function(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # gradients of the loss with respect to every weight
@@ -290,7 +295,7 @@ def main():
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    args.workers = default_workers(device) if args.workers is None else args.workers
+    args.workers = worker_count(args.workers, device)
     if world_size > 1:
         if device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK is its index on this machine
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -401,7 +406,7 @@ def main():
                     dist.broadcast(buffer, src=0)
             train_seconds = time.time() - started
             # Validation in the training precision; each process scores its share, then all share theirs.
-            with torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32"):
+            with autocast(precision, device):
                 probabilities, labels = predict(trainable, val_loader, device, args.tta)
             probabilities, labels = gather(probabilities, world_size), gather(labels, world_size)
             # The training loss again, from the probability each validation image gave its true class.
