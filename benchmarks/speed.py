@@ -11,9 +11,11 @@ For each model and image size it measures, in this process and on the same image
   eval   scoring without gradients: evaluate.py's predict() against a torch.no_grad() loop;
   memory the process's peak resident memory while training (worker processes not included), or the
          GPU's peak allocation on CUDA.
-Then ratios ours / reference, which hold on a noisy machine because both sides share it; the rate
-of 2048x2048 float32 matrix products, to say how close training gets to what the machine can do;
-and the wall time of the README's offline quick start (prepare, train, evaluate: three processes).
+Before that, what the parts cost apart: bfloat16 and float32 matrix products, a 6000x4000 JPEG decoded
+in full and at reduced scale, one image's augmentation, each model's training step without loading in
+both memory layouts. Then ratios ours / reference, which hold on a noisy machine because both sides
+share it; the rate of 2048x2048 float32 matrix products, to say how close training gets to what the
+machine can do; and the wall time of the README's offline quick start (prepare, train, evaluate).
 
 --large WxH re-saves the images as WxH JPEGs first, as real ISIC Archive originals are (up to 6000x4000),
 to show what decoding costs. --big-table instead times prepare_data.py on a generated ISIC 2024-size
@@ -42,11 +44,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dataset import (CustomDataset, build_transforms, default_workers, loader_options,  # noqa: E402
-                     read_labels)
+from dataset import (AUGMENTATIONS, CustomDataset, build_transforms, load_image, loader_options,  # noqa: E402
+                     read_labels, worker_count)
 from evaluate import predict  # noqa: E402
 from model import build_model, normalisation, pick_device  # noqa: E402
 from train import choose_precision, train_one_epoch  # noqa: E402
@@ -140,6 +143,50 @@ def training_gflop_per_image(name, size):
     with counter:
         build_model(name)(torch.zeros(1, 3, size, size))
     return 3 * counter.get_total_flops() / 1e9
+
+
+def step_rate(name, size, layout, batch_size, device):
+    """Training images/s of the model alone (random tensors, no loading), its weights in this layout."""
+    torch.manual_seed(0)
+    model = build_model(name).to(device, memory_format=layout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = torch.randint(0, 2, (batch_size,), device=device)
+
+    def step():
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    return timed(step, batch_size, device, rounds=3)[0]
+
+
+def machine_figures(data, models, sizes, batch_size, work, device):
+    """What the parts cost on this machine, apart: bfloat16 against float32 matrix products; a
+    6000x4000 JPEG decoded in full and at reduced scale; one image's training augmentation; and each
+    model's training step alone in the NCHW and channels_last layouts."""
+    print(f"512x512 matrix products: {matmul_gflops(device, n=512):.0f} GFLOP/s in float32, "
+          f"{matmul_gflops(device, torch.bfloat16, n=512, repeats=2):.1f} in bfloat16")
+
+    def milliseconds(work):
+        return 1000 / timed(work, 1, device, rounds=3)[0]
+
+    photo = Image.open(read_labels(data)["load_path"][0]).convert("RGB").resize((6000, 4000), Image.BICUBIC)
+    photo.save(work / "large.jpg", quality=90)
+    print(f"a 6000x4000 JPEG decodes in {milliseconds(lambda: load_image(work / 'large.jpg')):.0f} ms in full, "
+          f"{milliseconds(lambda: load_image(work / 'large.jpg', 256)):.0f} ms at reduced scale")
+    copy, small = photo.resize((384, 256), Image.BICUBIC), torch.rand(3, 128, 128)
+    augment, jitter = build_transforms(128, True), v2.ColorJitter(*AUGMENTATIONS["light"]["jitter"])
+    print(f"training augmentation of a 384x256 image to 128 px: {milliseconds(lambda: augment(copy)):.1f} ms, "
+          f"of which colour jitter {milliseconds(lambda: jitter(small)):.1f} ms")
+    for name in models:
+        for size in sizes:
+            nchw, last = (step_rate(name, size, layout, batch_size, device)
+                          for layout in (torch.contiguous_format, torch.channels_last))
+            print(f"{name} at {size} px, training step alone: {nchw:.1f} images/s NCHW, {last:.1f} channels_last "
+                  f"({last / nchw:.2f}x)")
 
 
 def measure_ours(name, train_set, eval_set, make_loader, images, device):
@@ -262,7 +309,7 @@ def big_table(work, rows=401_059, positives=393, patients=1_042):
               "started = time.perf_counter(); runpy.run_path(sys.argv[0], run_name='__main__'); "
               "print(f'peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
               "{time.perf_counter() - started:.1f} s')")
-    seconds, output = run("-c", script, "--source", work / "isic2024", "--out", work / "prepared", cwd=ROOT)
+    _, output = run("-c", script, "--source", work / "isic2024", "--out", work / "prepared", cwd=ROOT)
     print(output)
 
 
@@ -293,7 +340,7 @@ def main():
     work = Path(args.work or tempfile.mkdtemp(prefix="speed-"))
     work.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
-    args.workers = default_workers(device) if args.workers is None else args.workers
+    args.workers = worker_count(args.workers, device)
     print(f"{torch.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
           f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads); {args.workers} loader workers")
     try:
@@ -304,8 +351,7 @@ def main():
         if data is None or not (data / "labels.csv").exists():
             source = data or "synthetic"
             count = max(200, 2 * args.images)  # the train split (70 %) holds --images of them
-            seconds, _ = run("prepare_data.py", "--source", source, "--out", work / "prepared",
-                             "--synthetic-count", count)
+            run("prepare_data.py", "--source", source, "--out", work / "prepared", "--synthetic-count", count)
             data = work / "prepared"
         if args.large:
             width, height = map(int, args.large.lower().split("x"))
@@ -318,6 +364,7 @@ def main():
             print(f"prepare_data.py on them, resized copies included: {seconds:.0f} s; "
                   + next(line for line in output.splitlines() if line.startswith("resized copies")))
 
+        machine_figures(data, args.models, args.sizes, args.batch_size, work, device)
         float32 = matmul_gflops(device)
         print(f"2048x2048 matrix products: {float32:.0f} GFLOP/s in float32")
         rows = []
