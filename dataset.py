@@ -2,7 +2,7 @@
 
 A model cannot read JPEGs: it needs tensors of one size, normalised the way its first layer expects.
 `CustomDataset` opens one image per index and turns it into such a tensor; `build_loaders` wraps the
-three splits in DataLoaders that shuffle, batch and load in parallel.
+train and val splits in DataLoaders that shuffle, batch and load in parallel.
 
 Training images are *augmented*: each epoch sees every lesion cropped, flipped, rotated and re-lit a
 little differently. A lesion has no "up", and cameras differ in light and zoom, so these are changes
@@ -16,122 +16,38 @@ Example (prints one training batch, and draws a few images as the model sees the
 import argparse
 import math
 import os
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-# ImageNet's channel means and standard deviations. Pretrained backbones expect inputs normalised
-# with these; a model trained from scratch does not care which constants are used, so all share them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from helpers.charts import draw_augmentation_grid
+from helpers.files import DataError, Parser, number
+from helpers.images import load_image
 
 
-class DataError(Exception):
-    """Input the pipeline cannot use. The message names the file and what to do about it."""
-
-    def __init__(self, message):
-        # Raised in a DataLoader worker process, it is raised again in the main one with the worker's
-        # traceback as its message; keep only its own words, the traceback's last line.
-        if message.startswith("Caught DataError in DataLoader worker"):
-            message = message.rstrip().rsplit("DataError: ", 1)[-1]
-        super().__init__(message)
-
-
-def save_atomically(path, write):
-    """Call write(temporary path), then rename it to `path`. The rename is atomic, so a crash, Ctrl-C or
-    full disk leaves either the previous file or the new one, never half a file. Every output goes here."""
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_image(image, path):
-    save_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def refuse_huge(image, path):
-    """A file of a few kB can claim billions of pixels (a "decompression bomb"); refuse it before decoding."""
-    if image.width * image.height > Image.MAX_IMAGE_PIXELS:
-        raise DataError(f"{path} claims {image.width}x{image.height} pixels, more than the "
-                        f"{Image.MAX_IMAGE_PIXELS:,} allowed (a decompression-bomb guard); resize it if it is real")
-
-
-def load_image(path, shorter_side=None):
-    """Open any image as 8-bit RGB, upright as the camera meant it, or raise DataError naming it.
-
-    With shorter_side, a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale that keeps its shorter
-    side at least that long: JPEG stores its picture in 8x8 blocks, so it can skip the detail it would
-    throw away, and a 6000x4000 photo wanted at 256 px decodes ten times faster or more.
-    """
-    try:
-        image = Image.open(path)
-        refuse_huge(image, path)
-        if shorter_side:
-            scale = shorter_side / min(image.size)
-            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        image = ImageOps.exif_transpose(image)  # phones store "rotate 90°" as a tag, not as pixels
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale 0..65535 down to 0..255
-            image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        return image.convert("RGB")  # L, LA, RGBA, CMYK, YCbCr ... -> RGB
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}; run prepare_data.py again or restore the file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"cannot decode image {path} ({error}); replace the file or remove its row") from None
-
-
-def shades_of_grey(image, power=6):
-    """Colour constancy: rescale each channel so that the scene's light looks grey.
-
-    Each camera and lamp tints its pictures; Finlayson and Trezzi's "shades of grey" (2004) estimates the
-    tint as the power-mean of each channel (p=6 sits between the mean, "grey world", and the maximum,
-    "white patch") and divides it out. Dermoscopy classifiers use it against differences between
-    clinics (Barata et al., IEEE JBHI 2015; the ISIC 2019 winners, Gessert et al. 2020).
-    """
-    light = image.clamp(min=0).pow(power).mean(dim=(-2, -1), keepdim=True).pow(1 / power)
-    return (image * light.mean(dim=-3, keepdim=True) / light.clamp(min=1e-6)).clamp(0, 1)
-
-
-# How much training images are varied: "light" changes framing, orientation and light a little;
-# "strong" also zooms further, rotates freely, changes colour more and sometimes blurs, which asks the
-# model to ignore more of what differs between cameras and clinics.
-AUGMENTATIONS = {
-    "light": dict(scale=(0.5, 1.0), degrees=45, jitter=(0.2, 0.2, 0.2, 0.02), blur=0.0),
-    "strong": dict(scale=(0.25, 1.0), degrees=180, jitter=(0.3, 0.3, 0.3, 0.05), blur=0.3),
-}
-
-
-def build_transforms(img_size, train, mean=IMAGENET_MEAN, std=IMAGENET_STD, colour_constancy=False,
-                     augment="light"):
+def build_transforms(img_size, train, mean, std):
     """Augmentation for training; a deterministic resize and centre crop for evaluation.
 
-    With colour_constancy, every image (training or not) is first colour-corrected by shades_of_grey.
+    Both end by normalising each channel with the (mean, std) the model expects (see model.py).
     Cropping and resizing come before the conversion to float where they can: on 8-bit pixels, and
     on the small crop rather than the whole photo, they cost a fraction of the time.
     """
-    steps = [v2.ToImage()]
-    if colour_constancy:
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Lambda(shades_of_grey)]
     if train:
-        strength = AUGMENTATIONS[augment]
-        steps += [
-            v2.RandomResizedCrop(img_size, scale=strength["scale"], antialias=True),  # zoom and framing
+        steps = [
+            v2.ToImage(),
+            v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), antialias=True),  # zoom and framing
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
-            v2.RandomRotation(strength["degrees"]),                                  # no "up" on skin
+            v2.RandomRotation(45),                                              # no "up" on skin
             v2.ToDtype(torch.float32, scale=True),
-            v2.ColorJitter(*strength["jitter"]),                                     # light, camera
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=strength["blur"]),  # focus
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),                                # light, camera
         ]
     else:
-        steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size), v2.ToDtype(torch.float32, scale=True)]
+        steps = [v2.ToImage(), v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
+                 v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose([*steps, v2.Normalize(mean, std)])
 
 
@@ -165,19 +81,20 @@ def read_labels(data_dir):
     return table
 
 
+def read_split(data_dir, split):
+    """The rows of labels.csv in one split (train, val or test)."""
+    table = read_labels(data_dir)
+    table = table[table["split"] == split].reset_index(drop=True)
+    if table.empty:
+        raise DataError(f"split '{split}' of {Path(data_dir) / 'labels.csv'} has no images")
+    return table
+
+
 class CustomDataset(Dataset):
-    """The images of one split of labels.csv, as (tensor, label) pairs.
+    """Images listed in a table (labels.csv's columns: load_path, label, isic_id), as (tensor, label) pairs."""
 
-    With shard=(k, n), only every n-th image from the k-th on: process k of n scores its share of the
-    validation images (see train.py, on training with several processes).
-    """
-
-    def __init__(self, data_dir, split, transform, shard=(0, 1)):
-        table = read_labels(data_dir)
-        self.table = table[table["split"] == split].reset_index(drop=True)
-        if self.table.empty:
-            raise DataError(f"split '{split}' of {Path(data_dir) / 'labels.csv'} has no images")
-        self.table = self.table[shard[0]::shard[1]].reset_index(drop=True)
+    def __init__(self, table, transform):
+        self.table = table.reset_index(drop=True)
         self.transform = transform
         # Columns as plain lists: fast to index, and cheap to copy into worker processes.
         self.paths, self.labels = self.table["load_path"].tolist(), self.table["label"].tolist()
@@ -232,18 +149,17 @@ class EpochSampler(Sampler):
         return iter(padded[self.rank::self.world_size].tolist())
 
 
-def build_loaders(data_dir, img_size, batch_size, balanced_sampler=False, workers=0, seed=0, neg_per_pos=None,
-                  rank=0, world_size=1, **preprocessing):
+def build_loaders(data_dir, img_size, batch_size, mean, std, balanced_sampler=False, workers=0, seed=0,
+                  neg_per_pos=None, rank=0, world_size=1):
     """DataLoaders for training: train (augmented, shuffled) and val (plain, in order).
 
     How the training images are drawn (all once, class-balanced, or K benign per malignant) is up to
     EpochSampler: answers to class imbalance at the sampling end; weighting or focusing the loss, the
     other answers, live in train.py. rank and world_size give this process its share when several
-    train together. `preprocessing` (mean, std, colour_constancy, augment) goes to build_transforms.
+    train together: every world_size-th validation image, from the rank-th on (train.py gathers them).
     """
-    train_set = CustomDataset(data_dir, "train", build_transforms(img_size, True, **preprocessing))
-    val_set = CustomDataset(data_dir, "val", build_transforms(img_size, False, **preprocessing),
-                            shard=(rank, world_size))
+    train_set = CustomDataset(read_split(data_dir, "train"), build_transforms(img_size, True, mean, std))
+    val_set = CustomDataset(read_split(data_dir, "val")[rank::world_size], build_transforms(img_size, False, mean, std))
     sampler = EpochSampler(train_set.labels, seed, balanced_sampler, neg_per_pos, rank, world_size)
     # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
     generator = torch.Generator().manual_seed(seed)
@@ -271,72 +187,22 @@ def loader_options(workers):
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
-class Progress:
-    """A progress line for work that takes more than a few seconds: redrawn in place on a terminal,
-    printed as a new line every 30 s when the output goes to a log file."""
-
-    def __init__(self, what, total):
-        self.what, self.total = what, total
-        self.started = self.last = time.time()
-        self.interactive = sys.stdout.isatty()
-
-    def update(self, done, detail=""):
-        now = time.time()
-        if now - self.started < 3 or now - self.last < (1 if self.interactive else 30):
-            return
-        self.last = now
-        line = f"  {self.what} {done}/{self.total} images, {done / (now - self.started):.0f} images/s"
-        line += f", {detail}" if detail else ""
-        print("\r" + line if self.interactive else line, end="" if self.interactive else "\n", flush=True)
-
-    def close(self):
-        if self.interactive and self.last > self.started:
-            print("\r\033[K", end="", flush=True)  # erase the line, so the next print starts clean
-
-
-def to_picture(tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Undo the normalisation of one image tensor, for showing it."""
-    tensor = tensor.cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return v2.functional.to_pil_image(tensor.clamp(0, 1))
-
-
-def draw_augmentation_grid(data_dir, img_size, path, rows=6, variants=3, seed=0, **preprocessing):
-    """What the model sees: a few training images, as evaluated and after random augmentations."""
-    dataset = CustomDataset(data_dir, "train", build_transforms(img_size, True, **preprocessing))
-    plain = build_transforms(img_size, False, **preprocessing)
-    mean, std = preprocessing.get("mean", IMAGENET_MEAN), preprocessing.get("std", IMAGENET_STD)
-    font = ImageFont.load_default(14)
-    label_width, header = 110, 30
-    grid = Image.new("RGB", (label_width + (1 + variants) * (img_size + 4), header + rows * (img_size + 4)), "white")
-    draw = ImageDraw.Draw(grid)
-    for column, title in enumerate(["as evaluated"] + [f"augmented {i + 1}" for i in range(variants)]):
-        draw.text((label_width + column * (img_size + 4) + img_size / 2, header / 2), title, fill="black",
-                  font=font, anchor="mm")
-    # Alternate the classes, so both are shown; a private random state leaves training's untouched.
-    by_class = [dataset.table.index[dataset.table["label"] == label].tolist() for label in (0, 1)]
-    picks = [by_class[r % 2][r // 2] for r in range(rows) if r // 2 < len(by_class[r % 2])]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for row, index in enumerate(picks):
-            image = load_image(dataset.paths[index])
-            top = header + row * (img_size + 4)
-            draw.text((8, top + img_size / 2), "malignant" if dataset.table["label"][index] else "benign",
-                      fill="black", font=font, anchor="lm")
-            for column, transform in enumerate([plain] + [dataset.transform] * variants):
-                grid.paste(to_picture(transform(image), mean, std), (label_width + column * (img_size + 4), top))
-    save_image(grid, path)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(__doc__)
     parser.add_argument("data", nargs="?", default="data", help="folder with labels.csv")
-    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--img-size", type=number(int, 32), default=128)
     parser.add_argument("--out", default=None, help="where to draw the grid (default: DATA/augmentations.png)")
     args = parser.parse_args()
-    train_loader, _ = build_loaders(args.data, args.img_size, batch_size=8)
-    images, labels = next(iter(train_loader))
-    print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
-          f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")
-    out = args.out or Path(args.data) / "augmentations.png"
-    draw_augmentation_grid(args.data, args.img_size, out)
+    # Any normalisation will do for a look; each model chooses its own (model.py).
+    mean = std = (0.5, 0.5, 0.5)
+    try:
+        train_loader, _ = build_loaders(args.data, args.img_size, 8, mean, std)
+        images, labels = next(iter(train_loader))
+        print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
+              f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")
+        out = args.out or Path(args.data) / "augmentations.png"
+        draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std), out,
+                               mean, std)
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"drew {out}")

@@ -22,9 +22,16 @@ import torch
 import torchvision
 from torch import nn
 
-from dataset import IMAGENET_MEAN, IMAGENET_STD, save_atomically
+from helpers.files import save_atomically
 
 MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+
+# What a model's inputs are normalised with (dataset.py's transforms end with it): each channel minus a
+# mean, divided by a standard deviation. Pretrained weights expect the statistics they were trained with:
+# ImageNet's channel means and standard deviations for torchvision's ResNets, [-1, 1] for
+# EfficientNet-Lite0 (see below). A model trained from scratch does not mind which, so the baseline
+# takes ImageNet's too.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class BaselineCNN(nn.Module):
@@ -173,7 +180,7 @@ def build_model(name, pretrained=False):
     # channels_last stores each pixel's channels side by side (NHWC) instead of one whole plane per
     # channel (NCHW): the layout that the fast convolution kernels of CPUs (oneDNN) and GPUs (cuDNN) read
     # best. Same numbers, up to rounding; on this project's 2-core CPU it makes EfficientNet-Lite0's
-    # training step 1.7x faster (for ResNet-18 and the baseline, no gain beyond noise: see README).
+    # training step 1.7x faster (for ResNet-18 and the baseline, no gain beyond noise: see docs/SPEED.md).
     return model.to(memory_format=torch.channels_last)
 
 
@@ -185,7 +192,8 @@ def head_name(model):
 
 # --- Checkpoints -----------------------------------------------------------------------------------
 # A checkpoint holds the weights plus everything needed to use them again: which model, what image
-# size and normalisation it was trained with, and the decision threshold chosen on validation.
+# size and normalisation it was trained with, and its predictions on the validation images, from which
+# evaluate.py chooses the decision threshold.
 # During training it also holds the state to resume from (see train.py --resume). It holds only
 # tensors, numbers, strings, lists and dicts, so it can be loaded with weights_only=True, which
 # refuses any file that would run code while it is unpickled.
@@ -212,7 +220,7 @@ def read_checkpoint(path, device="cpu"):
                          "whoever made it") from None
     except (RuntimeError, EOFError, KeyError, ValueError) as error:
         raise ValueError(f"{path} is not a checkpoint (torch cannot read it: {error!r})") from None
-    expected = {"state_dict", "model", "img_size", "mean", "std", "colour_constancy", "tta", "threshold"}
+    expected = {"state_dict", "model", "img_size", "mean", "std", "tta", "val_predictions"}
     if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
         raise ValueError(f"{path} is not a checkpoint written by train.py (it lacks {sorted(expected)})")
     return checkpoint

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset import IMAGENET_MEAN, IMAGENET_STD, build_transforms  # noqa: E402
-from model import LITE_MEAN, LITE_STD, EfficientNetLite0  # noqa: E402
+from dataset import build_transforms  # noqa: E402
+from model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, EfficientNetLite0  # noqa: E402
 
 try:
     import skimage.data

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluate import partial_auc, roc_auc  # noqa: E402
+from evaluate import partial_auc  # noqa: E402
+from train import roc_auc  # noqa: E402
 
 try:
     import numpy as np

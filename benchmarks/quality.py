@@ -1,5 +1,15 @@
 """Model quality with a few hundred labels: real HAM10000 for training, two collections for testing.
 
+Two set-ups. "budget" is the seed's own: fewer than 400 labelled images in all, prepared by the user's
+own flow (docs/RESULTS.md, "The budget"):
+  1. HAM10000's lesions are dealt once into three disjoint pools: ~1,500 test images, ~1,500
+     development images (recipes may be chosen on these), and the rest, from which each seed draws
+     whole lesions until it has up to 200 images of each class: the user's 400 labelled images, in a
+     folder with their metadata CSV;
+  2. prepare_data.py splits those 400 itself (70/15/15 by lesion); train.py trains on them;
+  3. evaluate.py scores the test and development pools (--test-only) and ISIC UDA.
+"few" and "all" are more generous: the older set-up below.
+
 The use case this project is about, measured honestly, every step the project's own script run as a
 user would run it:
   1. prepare_data.py splits all of ../shared/data/ham10000 by lesion (70/15/15; a new split per seed);
@@ -22,6 +32,8 @@ Usage (a 2-core CPU: about 30 minutes per seed for all recipes; Lite0 fine-tunes
 import argparse
 import hashlib
 import json
+import os
+import random
 import statistics
 import subprocess
 import sys
@@ -39,7 +51,7 @@ SHARED = ROOT.parent / "shared" / "data"
 LITE0 = ["--model", "efficientnet_lite0", "--pretrained"]
 # The pretrained model with the options train.py had before the recipe search (spelled out, so that this
 # row means the same thing whatever train.py's defaults become).
-PLAIN = [*LITE0, "--lr", "3e-4", "--img-size", "128", "--augment", "light", "--patience", "5", "--no-tta"]
+PLAIN = [*LITE0, "--lr", "3e-4", "--img-size", "128", "--patience", "5", "--no-tta"]
 PROBE = [*LITE0, "--freeze-backbone", "--lr", "3e-3", "--epochs", "100", "--patience", "20"]
 # The recipes compared: which labels they learn from ("few": 400 + 100 images; "all": every train and
 # val image of the split, ~6,800 + ~1,450), their train.py options (train.py's defaults fill in the
@@ -51,8 +63,14 @@ RECIPES = {
     "lite0-probe": ("few", PROBE, 1),
     "lite0-probe-all": ("all", PROBE, 1),
     "lite0-recipe-x3": ("few", LITE0, 3),
+    "budget-baseline": ("budget", ["--model", "baseline"], 1),
+    "budget-lite0": ("budget", LITE0, 1),
+    "budget-lite0-x3": ("budget", LITE0, 3),
+    "budget-lite0-224": ("budget", [*LITE0, "--img-size", "224"], 1),
 }
 SPLITS = ("val", "test", "UDA")
+BUDGET_SPLITS = ("dev", "test", "UDA")
+POOL_IMAGES = 1500  # images in each of the test and development pools of the budget set-up
 
 
 def run(script, *args, log=None):
@@ -88,6 +106,60 @@ def prepare(ham, uda, out, seed):
     return data, {"val": (full, "val"), "test": (data, "test"), "UDA": (out / "uda", "test")}
 
 
+def ham_subset(ham, rows, folder):
+    """A HAM10000-layout folder holding only these metadata rows (the images are linked, not copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(folder / "HAM10000_metadata.csv", index=False)
+    if not (folder / "images").exists():
+        os.symlink((ham / "images").resolve(), folder / "images")
+    return folder
+
+
+def lesion_pools(ham):
+    """HAM10000's usable rows and its lesions dealt once, at random, into test, development and the rest."""
+    meta = pd.read_csv(ham / "HAM10000_metadata.csv", dtype=str)
+    meta = meta[meta["dx"].isin(["mel", "bcc", "nv", "bkl", "df", "vasc"])]  # prepare_data's labels; akiec out
+    meta = meta[[(ham / "images" / f"{i}.jpg").exists() for i in meta["image_id"]]]
+    lesions = sorted(meta["lesion_id"].unique())
+    random.Random(2024).shuffle(lesions)
+    sizes = meta.groupby("lesion_id").size()
+    pools, filled = {"test": [], "dev": [], "rest": []}, 0
+    for lesion in lesions:
+        pool = "test" if filled < POOL_IMAGES else "dev" if filled < 2 * POOL_IMAGES else "rest"
+        pools[pool].append(lesion)
+        filled += sizes[lesion]
+    return meta, pools
+
+
+def prepare_budget(ham, uda, out, seed):
+    """The budget set-up's folders for one seed: (data folder, {split name: (data folder, split)})."""
+    meta, pools = lesion_pools(ham)
+    scored_on = {"UDA": (out / "uda", "test")}
+    if not (out / "uda" / "labels.csv").exists():
+        run("prepare_data.py", "--source", uda, "--out", out / "uda", "--test-only")
+    for pool in ("test", "dev"):
+        folder = out / f"ham-{pool}"
+        if not (folder / "labels.csv").exists():
+            source = ham_subset(ham, meta[meta["lesion_id"].isin(pools[pool])], out / f"ham-{pool}-source")
+            run("prepare_data.py", "--source", source, "--out", folder, "--test-only")
+        scored_on[pool] = (folder, "test")
+    data = out / f"budget-{seed}"
+    if not (data / "labels.csv").exists():
+        # Whole lesions, drawn at random, until each class has up to 200 images.
+        rest = meta[meta["lesion_id"].isin(pools["rest"])]
+        malignant = rest.groupby("lesion_id")["dx"].agg(lambda dx: bool(set(dx) & {"mel", "bcc"}))
+        sizes, chosen, count = rest.groupby("lesion_id").size(), [], {True: 0, False: 0}
+        lesions = sorted(malignant.index)
+        random.Random(seed).shuffle(lesions)
+        for lesion in lesions:
+            if count[malignant[lesion]] + sizes[lesion] <= 200:
+                chosen.append(lesion)
+                count[malignant[lesion]] += sizes[lesion]
+        source = ham_subset(ham, rest[rest["lesion_id"].isin(chosen)], out / f"budget-{seed}-source")
+        run("prepare_data.py", "--source", source, "--out", data, "--seed", seed)
+    return data, scored_on
+
+
 def trained(options, data, seed, epochs):
     """A checkpoint of train.py with these options on this data and seed, and the minutes it took. Named
     by its options, so a model shared by two recipes (or by search.py) is trained once."""
@@ -95,8 +167,8 @@ def trained(options, data, seed, epochs):
     checkpoint, done = data / f"model-{key}.pt", data / f"model-{key}.minutes"
     if not done.exists():
         started = time.time()
-        run("train.py", "--data", data, "--epochs", epochs, *options, "--seed", seed, "--out", checkpoint,
-            log=data / f"model-{key}-train.log")
+        run("train.py", "--data", data, *(["--epochs", epochs] if epochs else []), *options, "--seed", seed,
+            "--out", checkpoint, log=data / f"model-{key}-train.log")
         done.write_text(str((time.time() - started) / 60))
     return checkpoint, float(done.read_text())
 
@@ -151,7 +223,7 @@ def benchmark_parser(doc):
     parser.add_argument("--ham", type=Path, default=SHARED / "ham10000")
     parser.add_argument("--uda", type=Path, default=SHARED / "isic_uda")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=None, help="train.py's --epochs (default: train.py's own)")
     return parser
 
 
@@ -171,29 +243,41 @@ def main():
     args = parse_with_data(parser)
 
     results = []
-    prepared = {seed: prepare(args.ham, args.uda, args.out, seed) for seed in args.seeds}
     for name in args.recipes:  # every seed of a recipe before the next recipe: a cut-short run is still useful
-        for seed, (data, scored_on) in prepared.items():
-            regime, options, members = RECIPES[name]
-            # "all" trains on every train and val image of the split; the recipes are compared on the
-            # test split and UDA (the val split is what search.py chooses on).
-            trained_on = data if regime == "few" else scored_on["val"][0]
-            row = train_and_score(name, options, trained_on, scored_on, seed, args.epochs, ("test", "UDA"), members)
-            results.append(row)
+        regime, options, members = RECIPES[name]
+        for seed in args.seeds:
+            if regime == "budget":  # train.py's own defaults, as the user runs it
+                data, scored_on = prepare_budget(args.ham, args.uda, args.out, seed)
+                row = train_and_score(name, options, data, scored_on, seed, args.epochs, BUDGET_SPLITS, members)
+            else:
+                # "all" trains on every train and val image of the split; the recipes are compared on the
+                # test split and UDA (the val split is what search.py chooses on).
+                data, scored_on = prepare(args.ham, args.uda, args.out, seed)
+                trained_on = data if regime == "few" else scored_on["val"][0]
+                row = train_and_score(name, options, trained_on, scored_on, seed, args.epochs or 30, ("test", "UDA"),
+                                      members)
+            results.append({**row, "regime": regime})
             print(f"seed {seed} {name:16s} test AUC {row['test auc']:.3f}  UDA AUC {row['UDA auc']:.3f}  "
                   f"({row['train minutes']:.1f} min)", flush=True)
     table = pd.DataFrame(results)
     table.to_csv(args.out / "results.csv", index=False)
+    for regime, rows in table.groupby("regime", sort=False):
+        print_report(regime, rows, len(args.seeds))
 
-    print(f"\n{len(args.seeds)} seeds, mean ± std. HAM10000 test: n = {int(table['test n'].iloc[0])}, "
+
+def print_report(regime, table, seeds):
+    """The tables of docs/RESULTS.md for one set-up: HAM10000 test, development (budget), UDA, screening."""
+    print(f"\n## {regime}: {seeds} seeds, mean ± std. HAM10000 test: n = {int(table['test n'].iloc[0])}, "
           f"accuracy of calling everything benign {table['test majority accuracy'].mean():.3f}; "
           f"ISIC UDA: n = {int(table['UDA n'].iloc[0])}, {table['UDA majority accuracy'].mean():.3f}\n")
-    print_table(table, {"test auc": "AUC", "test balanced_accuracy": "balanced acc.", "test recall": "sensitivity",
-                        "test specificity": "specificity", "test pauc_80": "pAUC>80%", "test accuracy": "accuracy",
-                        "train minutes": "train min."})
+    columns = {"auc": "AUC", "balanced_accuracy": "balanced acc.", "recall": "sensitivity",
+               "specificity": "specificity", "pauc_80": "pAUC>80%", "accuracy": "accuracy"}
+    print_table(table, {**{f"test {key}": name for key, name in columns.items()}, "train minutes": "train min."})
+    if regime == "budget":
+        print("\nHAM10000 development lesions (recipes may be chosen on these), at the same threshold:\n")
+        print_table(table, {f"dev {key}": name for key, name in columns.items()})
     print("\nISIC UDA (another collection), at the same threshold:\n")
-    print_table(table, {"UDA auc": "AUC", "UDA balanced_accuracy": "balanced acc.", "UDA recall": "sensitivity",
-                        "UDA specificity": "specificity", "UDA pauc_80": "pAUC>80%"})
+    print_table(table, {f"UDA {key}": name for key, name in columns.items() if key != "accuracy"})
     print("\nThe screening threshold (90 % sensitivity on the validation images), on each test set:\n")
     print_table(table, {"test screening sensitivity": "HAM sensitivity",
                         "test screening specificity": "HAM specificity",

@@ -8,7 +8,7 @@ For each model and image size it measures, in this process and on the same image
          (float32, default memory layout, DataLoader defaults), once on the same resized copies
          ("train") and once on the originals ("epoch": what a reference epoch really costs).
          Both apply the same augmentations (dataset.py's), so the ratios measure the engineering alone;
-  eval   scoring without gradients: evaluate.py's predict() against a torch.no_grad() loop;
+  eval   scoring without gradients: train.py's predict(), which evaluate.py uses too against a torch.no_grad() loop;
   memory the process's peak resident memory while training (worker processes not included), or the
          GPU's peak allocation on CUDA.
 Before that, what the parts cost apart: bfloat16 and float32 matrix products, a 6000x4000 JPEG decoded
@@ -48,11 +48,10 @@ from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dataset import (AUGMENTATIONS, CustomDataset, build_transforms, load_image, loader_options,  # noqa: E402
-                     read_labels, worker_count)
-from evaluate import predict  # noqa: E402
+from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count  # noqa
+from helpers.images import load_image  # noqa: E402
 from model import build_model, normalisation, pick_device  # noqa: E402
-from train import choose_precision, train_one_epoch  # noqa: E402
+from train import choose_precision, predict, train_one_epoch  # noqa: E402
 
 
 # --- The reference: the transfer-learning tutorial's way -----------------------------------------------
@@ -178,7 +177,8 @@ def machine_figures(data, models, sizes, batch_size, work, device):
     print(f"a 6000x4000 JPEG decodes in {milliseconds(lambda: load_image(work / 'large.jpg')):.0f} ms in full, "
           f"{milliseconds(lambda: load_image(work / 'large.jpg', 256)):.0f} ms at reduced scale")
     copy, small = photo.resize((384, 256), Image.BICUBIC), torch.rand(3, 128, 128)
-    augment, jitter = build_transforms(128, True), v2.ColorJitter(*AUGMENTATIONS["light"]["jitter"])
+    augment = build_transforms(128, True, *normalisation("baseline"))
+    jitter = next(step for step in augment.transforms if isinstance(step, v2.ColorJitter))
     print(f"training augmentation of a 384x256 image to 128 px: {milliseconds(lambda: augment(copy)):.1f} ms, "
           f"of which colour jitter {milliseconds(lambda: jitter(small)):.1f} ms")
     for name in models:
@@ -190,12 +190,12 @@ def machine_figures(data, models, sizes, batch_size, work, device):
 
 
 def measure_ours(name, train_set, eval_set, make_loader, images, device):
-    """Training as train.py runs it, and evaluate.py's predict()."""
+    """Training as train.py runs it, and train.py's predict(), which evaluate.py uses too."""
     torch.manual_seed(0)
     precision = choose_precision("auto", device)
     model = build_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loader, eval_loader = make_loader(train_set), make_loader(eval_set)
 
@@ -224,8 +224,10 @@ def measure(name, size, data, count, batch_size, workers, device):
     mean, std = normalisation(name)
     table = read_labels(data)
     table = table[table["split"] == "train"].head(count)
-    ours_set = Subset(CustomDataset(data, "train", build_transforms(size, True, mean, std)), range(len(table)))
-    ours_eval_set = Subset(CustomDataset(data, "train", build_transforms(size, False, mean, std)), range(len(table)))
+    ours_set = Subset(CustomDataset(read_split(data, "train"), build_transforms(size, True, mean, std)),
+                      range(len(table)))
+    ours_eval_set = Subset(CustomDataset(read_split(data, "train"), build_transforms(size, False, mean, std)),
+                           range(len(table)))
     labels = table["label"].tolist()
     augment, plain = build_transforms(size, True, mean, std), build_transforms(size, False, mean, std)
     cached_ref = ReferenceDataset(table["load_path"].tolist(), labels, augment)

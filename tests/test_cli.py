@@ -69,7 +69,7 @@ def test_external_test_set_is_scored_with_a_model_trained_elsewhere(trained_base
     checkpoint, _ = trained_baseline
     for i in range(10):
         make_image(tmp_path / "clinic" / ("malignant" if i % 2 else "benign") / f"lesion{i}.jpg",
-                   colour=(120 + i, 70, 40), size=(90, 70))
+                   colour=(100 + 12 * i, 70, 40), size=(90, 70))  # distinct files: not one image twice
     step = run_script("prepare_data.py", "--source", tmp_path / "clinic", "--out", tmp_path / "ext", "--test-only")
     assert step.returncode == 0, step.stderr
     step = run_script("evaluate.py", checkpoint, "--data", tmp_path / "ext", "--out", tmp_path / "rep")

@@ -6,8 +6,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import make_image
-from dataset import (DataError, EpochSampler, build_loaders, build_transforms, CustomDataset, load_image,
-                     shades_of_grey)
+from dataset import EpochSampler, build_loaders, build_transforms, CustomDataset, read_split
+from helpers.files import DataError
+from helpers.images import load_image
+
+# Any normalisation will do where the test does not look at the values.
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @pytest.mark.parametrize("mode, colour", [("L", 128), ("LA", (128, 200)), ("RGBA", (10, 20, 30, 0)),
@@ -67,39 +71,23 @@ def test_missing_image_raises_data_error(tmp_path):
 def test_transforms_give_normalised_tensors_of_the_requested_size(tmp_path):
     image = load_image(make_image(tmp_path / "a.jpg", size=(200, 150)))
     for train in (True, False):
-        tensor = build_transforms(64, train)(image)
+        tensor = build_transforms(64, train, MEAN, STD)(image)
         assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
     # Evaluation is deterministic; training augmentation is not.
-    evaluation = build_transforms(64, False)
+    evaluation = build_transforms(64, False, MEAN, STD)
     assert torch.equal(evaluation(image), evaluation(image))
     noisy = make_image(tmp_path / "n.png", size=(64, 64))
     Image.effect_noise((64, 64), 60).convert("RGB").save(noisy)
-    augment = build_transforms(64, True)
+    augment = build_transforms(64, True, MEAN, STD)
     assert not torch.equal(augment(load_image(noisy)), augment(load_image(noisy)))
 
 
-def test_shades_of_grey_removes_a_colour_cast():
-    # A flat image lit in pink, (0.8, 0.4, 0.4): each channel's power mean is its value, their mean is
-    # 1.6 / 3, and each channel is scaled to it: a grey of 0.533 everywhere.
-    pink = torch.tensor([0.8, 0.4, 0.4]).view(3, 1, 1).expand(3, 4, 4)
-    assert torch.allclose(shades_of_grey(pink), torch.full((3, 4, 4), 1.6 / 3))
-    # The same scene under two lights of other colours comes out the same up to its overall brightness,
-    # and balanced: every channel with the same power mean.
-    scene = torch.rand(3, 16, 16) * 0.5 + 0.1
-    under_red = shades_of_grey(scene * torch.tensor([1.0, 0.7, 0.6]).view(3, 1, 1))
-    under_blue = shades_of_grey(scene * torch.tensor([0.6, 0.8, 1.0]).view(3, 1, 1))
-    ratio = under_red / under_blue
-    assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-4)
-    power_means = under_red.pow(6).mean(dim=(1, 2)).pow(1 / 6)
-    assert torch.allclose(power_means, power_means.mean().expand(3), rtol=1e-4)
-
-
-def test_colour_constancy_and_strong_augmentation_in_the_transforms(tmp_path):
-    image = load_image(make_image(tmp_path / "pink.png", colour=(204, 102, 102), size=(50, 40)))
-    plain = build_transforms(16, False, mean=(0, 0, 0), std=(1, 1, 1), colour_constancy=True)(image)
-    assert torch.allclose(plain, torch.full((3, 16, 16), 0.8 * 255 * 2 / 3 / 255), atol=1e-3)  # grey, not pink
-    strong = build_transforms(16, True, colour_constancy=True, augment="strong")(image)
-    assert strong.shape == (3, 16, 16) and torch.isfinite(strong).all()
+def test_evaluation_transform_normalises_with_the_given_mean_and_std(tmp_path):
+    # A flat image of (204, 102, 51) is (0.8, 0.4, 0.2) as floats; minus the mean, divided by the std.
+    image = load_image(make_image(tmp_path / "flat.png", colour=(204, 102, 51), size=(50, 40)))
+    tensor = build_transforms(16, False, mean=(0.5, 0.5, 0.5), std=(0.1, 0.2, 0.4))(image)
+    expected = torch.tensor([(0.8 - 0.5) / 0.1, (0.4 - 0.5) / 0.2, (0.2 - 0.5) / 0.4]).view(3, 1, 1)
+    assert torch.allclose(tensor, expected.expand(3, 16, 16), atol=1e-5)
 
 
 def make_labels(root, n_benign, n_malignant):
@@ -114,23 +102,25 @@ def make_labels(root, n_benign, n_malignant):
 
 def test_dataset_reads_one_split(tmp_path):
     make_labels(tmp_path, 30, 6)
-    dataset = CustomDataset(tmp_path, "val", build_transforms(16, False))
+    table = read_split(tmp_path, "val")
+    assert table["isic_id"].tolist() == [f"id{i}" for i in range(2, 36, 3)]  # every third row is val
+    dataset = CustomDataset(table, build_transforms(16, False, MEAN, STD))
     assert len(dataset) == 12
     image, label = dataset[0]
     assert image.shape == (3, 16, 16) and label == 0
     with pytest.raises(DataError, match="split 'test' .* has no images"):
-        CustomDataset(tmp_path, "test", build_transforms(16, False))
+        read_split(tmp_path, "test")
     with pytest.raises(DataError, match="run prepare_data.py"):
-        CustomDataset(tmp_path / "nowhere", "train", build_transforms(16, False))
+        read_split(tmp_path / "nowhere", "train")
 
 
 def test_balanced_sampler_draws_both_classes_about_equally(tmp_path):
     make_labels(tmp_path, 90, 10)  # 60 + 7 training images: about 1 in 10 malignant
-    loader, _ = build_loaders(tmp_path, img_size=8, batch_size=16, balanced_sampler=True)
+    loader, _ = build_loaders(tmp_path, img_size=8, batch_size=16, mean=MEAN, std=STD, balanced_sampler=True)
     drawn = torch.cat([labels for epoch in range(10) if loader.sampler.set_epoch(epoch) is None
                        for _, labels in loader])
     assert 0.4 < drawn.float().mean() < 0.6
-    plain, _ = build_loaders(tmp_path, img_size=8, batch_size=16)
+    plain, _ = build_loaders(tmp_path, img_size=8, batch_size=16, mean=MEAN, std=STD)
     drawn = torch.cat([labels for _, labels in plain])
     assert drawn.float().mean() < 0.2
 
@@ -169,9 +159,9 @@ def drawn_at_epoch_0(labels):
 
 def test_worker_processes_also_work_when_started_by_spawn(tmp_path):
     # macOS and Windows start DataLoader workers fresh ("spawn"), not as copies of this process ("fork"):
-    # the dataset, its transforms and the colour correction must reach them by pickling.
+    # the dataset and its transforms must reach them by pickling.
     make_labels(tmp_path, 30, 6)
-    dataset = CustomDataset(tmp_path, "train", build_transforms(16, True, colour_constancy=True))
+    dataset = CustomDataset(read_split(tmp_path, "train"), build_transforms(16, True, MEAN, STD))
     loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn")
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 16, 16) and labels.tolist() == dataset.labels[:4]

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import ROOT, run_script
-from dataset import CustomDataset, build_transforms
-from evaluate import predict
+from dataset import CustomDataset, build_transforms, read_split
 from model import load_checkpoint
+from train import predict
 
 
 def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_data, tmp_path):
@@ -35,8 +35,8 @@ def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_d
     assert two["val_predictions"]["isic_id"] == one["val_predictions"]["isic_id"]
     assert two["val_predictions"]["label"] == one["val_predictions"]["label"]
     # ...each with the probability the saved model gives it when one process scores them all.
-    model, _ = load_checkpoint(tmp_path / "two" / "model.pt")
-    val_set = CustomDataset(synthetic_data, "val", build_transforms(32, train=False))
+    model, info = load_checkpoint(tmp_path / "two" / "model.pt")
+    val_set = CustomDataset(read_split(synthetic_data, "val"), build_transforms(32, False, info["mean"], info["std"]))
     probabilities, _ = predict(model, DataLoader(val_set, batch_size=64), "cpu")
     assert two["val_predictions"]["probability"] == pytest.approx(probabilities, abs=1e-5)
     # Not bit-identical to one process (batch norm sees 16 images, not 32; other augmentations), but close.

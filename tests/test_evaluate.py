@@ -1,5 +1,7 @@
-"""evaluate.py beyond the metrics: test-time augmentation, operating points and ensembles."""
+"""evaluate.py beyond the metrics: test-time augmentation, operating points, ensembles and --image."""
 import json
+import math
+import re
 
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import evaluate
 import train
 from conftest import run_main
-from evaluate import choose_threshold, dihedral_views, predict
+from train import dihedral_views, predict
 
 
 def test_dihedral_views_are_the_eight_rotations_and_mirrors():
@@ -36,13 +38,66 @@ def test_tta_is_the_mean_probability_over_the_views():
     assert plain != pytest.approx(averaged, abs=1e-4)  # this model is not rotation-invariant
 
 
+# --- The threshold, from the validation predictions a checkpoint carries ------------------------------
+# Seven validation images, worked by hand. Ranked from the highest score down:
+#   0.8 M, 0.7 M, 0.6 M, 0.4 B, 0.3 M, 0.2 B, 0.1 B        (M malignant: 4 of them; B benign: 3)
+# Calling ">= t" malignant, TPR - FPR (= 2 x balanced accuracy - 1) at each cut:
+#   t = 0.8: 1/4 - 0      t = 0.7: 2/4 - 0     t = 0.6: 3/4 - 0 = 0.75 (best)
+#   t = 0.4: 3/4 - 1/3    t = 0.3: 1 - 1/3 = 0.67                t = 0.2: 1 - 2/3     t = 0.1: 1 - 1
+# Sensitivity at each cut: 0.8 -> 1/4, 0.7 -> 2/4, 0.6 -> 3/4, 0.4 -> 3/4, 0.3 -> 4/4. So the highest
+# threshold that catches at least 90 % of them is 0.3, at least 75 % is 0.6, and at least 50 % is 0.7.
+HAND_MADE = {"isic_id": [f"v{i}" for i in range(7)], "label": [0, 0, 1, 0, 1, 1, 1],
+             "probability": [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]}
+# A second member's predictions on the same images. Alone, its best cut is 0.5 (3/4 - 0). Averaged with
+# the first, image by image: 0.2, 0.1, 0.4, 0.3, 0.6, 0.8, 0.5, which ranks every malignant image above
+# every benign one: the best cut of the mean is 0.4 (TPR 1, FPR 0), found neither in the first member's
+# scores nor by averaging the two members' thresholds ((0.6 + 0.5) / 2 = 0.55).
+SECOND = {**HAND_MADE, "probability": [0.3, 0.0, 0.5, 0.2, 0.6, 0.9, 0.2]}
+
+
+def test_pick_threshold_by_hand():
+    one = {"val_predictions": HAND_MADE}
+    assert evaluate.pick_threshold([one], ["one.pt"]) == 0.6
+    assert evaluate.pick_threshold([one], ["one.pt"], target_sensitivity=0.9) == 0.3
+    assert evaluate.pick_threshold([one], ["one.pt"], target_sensitivity=0.75) == 0.6
+    assert evaluate.pick_threshold([one], ["one.pt"], target_sensitivity=0.5) == 0.7
+    two = {"val_predictions": SECOND}
+    assert evaluate.pick_threshold([two], ["two.pt"]) == 0.5
+    assert evaluate.pick_threshold([one, two], ["one.pt", "two.pt"]) == pytest.approx(0.4)
+
+
+def with_validation(checkpoint, validation, path):
+    """A copy of a trained checkpoint that carries these validation predictions instead of its own."""
+    info = torch.load(checkpoint, weights_only=True)
+    torch.save({**info, "val_predictions": validation}, path)
+    return path
+
+
+def test_the_threshold_comes_from_the_validation_predictions_the_checkpoint_carries(trained_baseline, tmp_path,
+                                                                                    monkeypatch):
+    checkpoint, _ = trained_baseline
+    first = with_validation(checkpoint, HAND_MADE, tmp_path / "first.pt")
+    second = with_validation(checkpoint, SECOND, tmp_path / "second.pt")
+    for name, options, expected in (("best", [first], 0.6),
+                                     ("screening", [first, "--target-sensitivity", 0.9], 0.3),
+                                     ("ensemble", [first, second], 0.4)):
+        assert run_main(evaluate, *options, "--out", tmp_path / name, monkeypatch=monkeypatch) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["threshold"] == pytest.approx(expected), name
+        predictions = pd.read_csv(tmp_path / name / "predictions.csv")  # and the test images are called by it
+        assert (predictions["predicted"] == (predictions["probability_malignant"] >= metrics["threshold"])).all()
+
+
 def test_a_target_sensitivity_is_met_on_validation(trained_baseline, tmp_path, monkeypatch):
-    checkpoint, data = trained_baseline
+    checkpoint, _ = trained_baseline
     assert run_main(evaluate, checkpoint, "--split", "val", "--target-sensitivity", 0.95, "--out", tmp_path,
                     monkeypatch=monkeypatch) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # The highest threshold that catches 95 % of the k malignant val images is the ceil(0.95 k)-th highest
+    # score among them (ties change nothing: the same number clears it).
     validation = torch.load(checkpoint, weights_only=True)["val_predictions"]
-    assert metrics["threshold"] == choose_threshold(validation["label"], validation["probability"], 0.95)
+    malignant = sorted((p for p, y in zip(validation["probability"], validation["label"]) if y), reverse=True)
+    assert metrics["threshold"] == malignant[math.ceil(0.95 * len(malignant)) - 1]
     assert metrics["recall"] >= 0.95  # scored again on the same val images: the same probabilities
 
 
@@ -56,23 +111,31 @@ def test_an_ensemble_averages_its_members(trained_baseline, tmp_path, monkeypatc
     predictions = {name: pd.read_csv(tmp_path / name / "predictions.csv") for name in ("first", "second", "both")}
     mean = (predictions["first"]["probability_malignant"] + predictions["second"]["probability_malignant"]) / 2
     assert predictions["both"]["probability_malignant"].tolist() == pytest.approx(mean.tolist())
-    validations = [torch.load(path, weights_only=True)["val_predictions"] for path in (first, second)]
-    val_mean = [(a + b) / 2 for a, b in zip(validations[0]["probability"], validations[1]["probability"])]
     metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
-    assert metrics["threshold"] == choose_threshold(validations[0]["label"], val_mean)
     assert metrics["models"] == ["baseline", "baseline"]
 
 
 def test_an_ensemble_of_models_validated_on_other_images_is_refused(trained_baseline, tmp_path, monkeypatch,
                                                                     capsys):
-    first, data = trained_baseline
-    table = pd.read_csv(data / "labels.csv")
-    table["split"] = table["split"].replace({"val": "train", "test": "val"})  # other validation images
-    table["image_path"] = [str(data / path) for path in table["image_path"]]
-    (tmp_path / "other").mkdir()
-    table.to_csv(tmp_path / "other" / "labels.csv", index=False)
-    other = tmp_path / "other.pt"
-    assert run_main(train, "--data", tmp_path / "other", "--img-size", 32, "--dry-run", "--out", other,
-                    monkeypatch=monkeypatch) == 0
+    first, _ = trained_baseline
+    other = with_validation(first, {**HAND_MADE, "isic_id": [f"w{i}" for i in range(7)]}, tmp_path / "other.pt")
     assert run_main(evaluate, first, other, "--out", tmp_path / "r", monkeypatch=monkeypatch) == 2
     assert "was validated on other images" in capsys.readouterr().err
+
+
+def test_one_image_is_scored_as_its_split_scores_it(trained_baseline, tmp_path, monkeypatch, capsys):
+    # The checkpoint was validated with TTA (its threshold comes from mean-of-8-views scores), so --image
+    # must score with TTA too: the same probability as the image's row in the test split's predictions.
+    checkpoint, data = trained_baseline
+    assert torch.load(checkpoint, weights_only=True)["tta"] is True
+    assert run_main(evaluate, checkpoint, "--out", tmp_path / "split", monkeypatch=monkeypatch) == 0
+    predictions = pd.read_csv(tmp_path / "split" / "predictions.csv").set_index("isic_id")
+    labels = pd.read_csv(data / "labels.csv").query("split == 'test'")
+    capsys.readouterr()
+    # Ten images: one view and eight differ by only a few thousandths here, so one image could agree by chance.
+    for isic_id, image_path in zip(labels["isic_id"][:10], labels["image_path"][:10]):
+        assert run_main(evaluate, checkpoint, "--image", data / image_path, "--out", tmp_path / "one",
+                        monkeypatch=monkeypatch) == 0
+        printed = re.search(r"P\(malignant\) = (\S+) ->", capsys.readouterr().out).group(1)
+        assert printed == format(predictions.loc[isic_id, "probability_malignant"], ".3f"), isic_id
+        assert (tmp_path / "one" / f"grad_cam_{isic_id}.png").exists()

@@ -13,12 +13,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import dataset
 import prepare_data
 from conftest import run_main
+from helpers import files, isic_archive
 from test_prepare_data import assert_groups_never_cross_splits
 
 SEARCH = "/api/v2/images/search/"
+LICENCE_FILE = "/api/v2/zip-download/license-file/{}/"
+# What the archive serves as each licence's legal text (the real files are a few pages long).
+LEGAL_TEXT = {"CC-0": "Creative Commons Legal Code\n\nCC0 1.0 Universal\n...",
+              "CC-BY": "Attribution 4.0 International\n\n=======\n...",
+              "CC-BY-NC": "Attribution-NonCommercial 4.0 International\n\n=======\n..."}
 PAGE_SIZE = 5  # the stand-in serves at most this many results a page, whatever `limit` asks for
 GOOD = [f"ISIC_{i:07d}" for i in range(1, 15)]  # the images that should arrive: 1-12, Indeterminate, legacy
 
@@ -44,20 +49,25 @@ class FakeArchive:
         self.results, self.files, self.thumbnail = [], {}, {}  # thumbnail: isic_id -> its path
         self.cues = {}             # path -> answers to give before the file: 500, 429, "cut", "hang up"
         self.broken_pages = set()  # page offsets answered with something that is not JSON
+        self.broken = set()        # "licence files": answered 404
         self.held, self.release = set(), threading.Event()  # paths that wait for `release` (10 s at most)
         self.requests, self.searches, self.user_agents = Counter(), [], set()
         self.lock = threading.Lock()
 
-    def add(self, isic_id, clinical, licence="CC-BY", attribution="Clinic A", thumbnail=None, cues=()):
+    def add(self, isic_id, clinical, licence="CC-BY", attribution="Clinic A", thumbnail=None, cues=(),
+            full_suffix=".jpg"):
         name = f"image{len(self.results)}"
         self.files[f"/thumbs/{name}.jpg"] = thumbnail or jpeg((len(self.results) * 15, 90, 140), (32, 24))
-        self.files[f"/full/{name}.jpg"] = jpeg((len(self.results) * 15, 90, 140), (96, 72))
+        full = BytesIO()
+        Image.new("RGB", (96, 72), (len(self.results) * 15, 90, 140)).save(full, format=full_suffix[1:].replace(
+            "jpg", "jpeg").replace("tif", "tiff"))
+        self.files[f"/full/{name}{full_suffix}"] = full.getvalue()
         self.thumbnail[isic_id] = f"/thumbs/{name}.jpg"
         self.cues[f"/thumbs/{name}.jpg"] = list(cues)
         self.results.append({
             "isic_id": isic_id, "copyright_license": licence, "attribution": attribution, "public": True,
             "metadata": {"acquisition": {"image_type": "dermoscopic"}, "clinical": clinical},
-            "files": {"full": {"url": f"{self.base}/full/{name}.jpg", "size": 0},
+            "files": {"full": {"url": f"{self.base}/full/{name}{full_suffix}", "size": 0},
                       "thumbnail_256": {"url": f"{self.base}/thumbs/{name}.jpg", "size": 0}}})
 
     def fill(self):
@@ -65,9 +75,10 @@ class FakeArchive:
             cues = {3: [500], 4: [503, 503], 5: [429], 7: ["cut"], 8: ["hang up"]}.get(i, [])
             self.add(f"ISIC_{i:07d}", {"diagnosis_1": "Malignant" if i % 3 == 0 else "Benign",
                                        "patient_id": f"IP_{(i - 1) // 2}", "lesion_id": f"IL_{i}"},
-                     licence=["CC-BY", "CC-BY-NC", "CC-0"][i % 3], attribution="Clinic A" if i <= 8 else "Hospital B",
-                     cues=cues)
-        self.add("ISIC_0000013", {"diagnosis_1": "Indeterminate", "patient_id": "IP_6"}, attribution="Hospital B")
+                     licence=["CC-BY", "CC-BY-NC", "CC-0"][i % 3],
+                     attribution="Clinic A" if i <= 8 else "Hospital B" if i <= 11 else "Zeta Clinic",
+                     cues=cues, full_suffix={2: ".png", 3: ".tif"}.get(i, ".jpg"))  # originals come in 3 formats
+        self.add("ISIC_0000013", {"diagnosis_1": "Indeterminate", "patient_id": "IP_6"}, attribution="Anonymous")
         self.add("ISIC_0000014", {"benign_malignant": "malignant"}, licence="CC-0", attribution="Anonymous")
         self.add("ISIC_0000015", {"diagnosis_1": "Benign"}, thumbnail=b"this is not a JPEG at all")
         self.add("ISIC_0000016", {"diagnosis_1": "Benign"}, thumbnail=noise_jpeg(200))  # over the size cap
@@ -83,6 +94,11 @@ class FakeArchive:
             cue = cues.pop(0) if cues else None
         if url.path == SEARCH:
             return self.search(handler, {key: values[0] for key, values in parse_qs(url.query).items()})
+        if url.path.startswith("/api/v2/zip-download/license-file/"):  # served as the archive does: text/plain, 404 if unknown
+            name = url.path.split("/")[-2]
+            if name not in LEGAL_TEXT or "licence files" in self.broken:
+                return handler.send_error(404)
+            return send(handler, LEGAL_TEXT[name].encode(), "text/plain")
         if url.path in self.held:
             self.release.wait(timeout=10)
         if cue == "hang up":
@@ -102,6 +118,14 @@ class FakeArchive:
     def search(self, handler, params):
         with self.lock:
             self.searches.append(params)
+        if params["query"].count("(") != params["query"].count(")") or "benign_malignant:" in params["query"]:
+            # What the archive answers to a query it cannot parse (isic/urls.py: ImageSearchParseError).
+            body = json.dumps({"message": "Could not parse search query."}).encode()
+            handler.send_response(400)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            return handler.wfile.write(body)
         start, limit = int(params.get("cursor", 0)), min(int(params["limit"]), PAGE_SIZE)
         if start in self.broken_pages:
             return send(handler, b"<html>502 Bad Gateway</html>", "text/html")
@@ -156,9 +180,9 @@ def archive(monkeypatch):
     fake.fill()
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    monkeypatch.setattr(prepare_data, "stopping", NotedPauses())
-    monkeypatch.setattr(prepare_data, "MAX_FILE_BYTES", 2**15)
-    monkeypatch.setattr(prepare_data, "TIMEOUT", 5)
+    monkeypatch.setattr(isic_archive, "stopping", NotedPauses())
+    monkeypatch.setattr(isic_archive, "MAX_FILE_BYTES", 2**15)
+    monkeypatch.setattr(isic_archive, "TIMEOUT", 5)
     yield fake
     server.shutdown()
     server.server_close()
@@ -172,7 +196,8 @@ def download(monkeypatch, archive, out, *extra):
 def test_default_source_downloads_the_isic_cli_layout_then_labels_and_splits(archive, tmp_path, monkeypatch,
                                                                             capsys):
     out = tmp_path / "out"
-    assert download(monkeypatch, archive, out) == 0  # no --source: the ISIC Archive is the default
+    # No --source: the ISIC Archive is the default; --no-balanced: one search, in the archive's own order.
+    assert download(monkeypatch, archive, out, "--no-balanced") == 0
     output = capsys.readouterr().out
     folder = out / "isic-archive-thumbnail"
 
@@ -193,23 +218,25 @@ def test_default_source_downloads_the_isic_cli_layout_then_labels_and_splits(arc
     assert (row["diagnosis_1"], row["patient_id"], row["lesion_id"], row["copyright_license"]) == (
         "Malignant", "IP_1", "IL_3", "CC-BY")
     assert meta.set_index("isic_id").loc["ISIC_0000014", "benign_malignant"] == "malignant"
-    # Sources by number of images: Clinic A 8, Hospital B 5, Anonymous 1.
-    assert (folder / "attribution.txt").read_text() == "Clinic A\n\nHospital B\n\nAnonymous\n"
+    # As isic-cli writes it: sources by number of images (Clinic A 8, Hospital B 3, Zeta Clinic 1), then
+    # Anonymous (2) last, a blank line between them and no newline at the end.
+    assert (folder / "attribution.txt").read_text() == "Clinic A\n\nHospital B\n\nZeta Clinic\n\nAnonymous"
+    # Each licence's full legal text, as the archive serves it, for each licence used.
     assert sorted(path.name for path in (folder / "licenses").iterdir()) == ["CC-0.txt", "CC-BY-NC.txt", "CC-BY.txt"]
-    non_commercial = (folder / "licenses" / "CC-BY-NC.txt").read_text()
-    assert "https://creativecommons.org/licenses/by-nc/4.0/" in non_commercial and "Non-commercial" in non_commercial
-    assert "https://creativecommons.org/publicdomain/zero/1.0/" in (folder / "licenses" / "CC-0.txt").read_text()
+    for name, text in LEGAL_TEXT.items():
+        assert (folder / "licenses" / f"{name}.txt").read_text() == text
 
     # What the server saw: 18 results in four pages, each failing image asked for again, nothing unsafe.
     assert archive.requests[SEARCH] == 4
-    assert archive.searches[0] == {"query": prepare_data.ISIC_QUERY, "limit": "100"}
+    assert [archive.requests[LICENCE_FILE.format(name)] for name in LEGAL_TEXT] == [1, 1, 1]
+    assert archive.searches[0] == {"query": isic_archive.ISIC_QUERY, "limit": "100"}
     assert [archive.requests[archive.thumbnail[f"ISIC_{i:07d}"]] for i in (1, 3, 4, 5, 7, 8)] == [1, 2, 3, 2, 2, 2]
     assert archive.requests[archive.thumbnail["../../x"]] == 0
     assert archive.requests[archive.thumbnail["ISIC_0000017"]] == 0
     assert not any(archive.requests[path] for path in archive.files if path.startswith("/full/"))
-    assert archive.user_agents == {prepare_data.USER_AGENT}
+    assert archive.user_agents == {isic_archive.USER_AGENT}
     # Back-off: 1 s, doubled on the next failure; the 429's hour-long Retry-After capped at a minute.
-    assert sorted(prepare_data.stopping.pauses) == [1, 1, 1, 1, 2, prepare_data.MAX_RETRY_AFTER]
+    assert sorted(isic_archive.stopping.pauses) == [1, 1, 1, 1, 2, isic_archive.MAX_RETRY_AFTER]
 
     assert "downloaded 14 images" in output and "0 were already there" in output
     assert "an isic_id that is not ISIC_ and digits: '../../x'" in output
@@ -229,7 +256,7 @@ def test_default_source_downloads_the_isic_cli_layout_then_labels_and_splits(arc
 
 
 def test_an_interrupted_download_resumes_with_only_what_is_missing(archive, tmp_path, monkeypatch, capsys):
-    class CtrlCAfterThreeImages(dataset.Progress):
+    class CtrlCAfterThreeImages(files.Progress):
         def update(self, done, detail=""):
             if done == 3:
                 threading.Timer(0.3, archive.release.set).start()  # then the downloads under way may finish
@@ -238,10 +265,10 @@ def test_an_interrupted_download_resumes_with_only_what_is_missing(archive, tmp_
     # Images 7 and later wait at the server until the interruption, so that some are under way then.
     archive.held = {archive.thumbnail[f"ISIC_{i:07d}"] for i in range(7, 17)}
     out, folder = tmp_path / "out", tmp_path / "out" / "isic-archive-thumbnail"
-    monkeypatch.setattr(prepare_data, "Progress", CtrlCAfterThreeImages)
-    assert download(monkeypatch, archive, out, "--source", "isic-archive") == 130
+    monkeypatch.setattr(isic_archive, "Progress", CtrlCAfterThreeImages)
+    assert download(monkeypatch, archive, out, "--source", "isic-archive", "--no-balanced") == 130
     assert "interrupted" in capsys.readouterr().out
-    assert prepare_data.stopping.is_set()  # downloads still under way stop at their next pause
+    assert isic_archive.stopping.is_set()  # downloads still under way stop at their next pause
     present = {path.stem for path in folder.glob("*.jpg")}
     assert {"ISIC_0000001", "ISIC_0000002", "ISIC_0000003"} <= present
     assert not present & {f"ISIC_{i:07d}" for i in range(11, 15)}  # never started: cancelled
@@ -255,10 +282,10 @@ def test_an_interrupted_download_resumes_with_only_what_is_missing(archive, tmp_
     stale = sorted(set(GOOD) - present)[0]
     (folder / f"{stale}.jpg.part").write_bytes(archive.files[archive.thumbnail[stale]][:100])
     (folder / "ISIC_0000017.jpg.part").write_bytes(b"\xff\xd8\xff")
-    monkeypatch.setattr(prepare_data, "Progress", dataset.Progress)
-    monkeypatch.setattr(prepare_data, "stopping", NotedPauses())
+    monkeypatch.setattr(isic_archive, "Progress", files.Progress)
+    monkeypatch.setattr(isic_archive, "stopping", NotedPauses())
     archive.held, archive.requests = set(), Counter()
-    assert download(monkeypatch, archive, out, "--source", "isic-archive") == 0
+    assert download(monkeypatch, archive, out, "--source", "isic-archive", "--no-balanced") == 0
     output = capsys.readouterr().out
 
     asked = {isic_id for isic_id, path in archive.thumbnail.items() if archive.requests[path]}
@@ -286,30 +313,52 @@ def test_an_unreachable_archive_fails_fast_with_code_2(tmp_path, monkeypatch, ca
     assert not (tmp_path / "out" / "labels.csv").exists()
 
 
-def test_balanced_searches_each_class_for_half(archive, tmp_path, monkeypatch):
+def test_by_default_each_class_is_searched_for_half(archive, tmp_path, monkeypatch):
+    """The archive lists its oldest images first, mostly benign: a download asks for half of each class."""
     out = tmp_path / "out"
     # Six images are too few for three splits with both classes: --test-only keeps this about the download.
-    assert download(monkeypatch, archive, out, "--max-images", 6, "--balanced", "--test-only") == 0
+    assert download(monkeypatch, archive, out, "--max-images", 6, "--test-only") == 0
     first_pages = [search["query"] for search in archive.searches]
-    assert first_pages == [f"({prepare_data.ISIC_QUERY}) AND diagnosis_1:Benign",
-                           f"({prepare_data.ISIC_QUERY}) AND diagnosis_1:Malignant"]
+    assert first_pages == [f"({isic_archive.ISIC_QUERY}) AND diagnosis_1:Benign",
+                           f"({isic_archive.ISIC_QUERY}) AND diagnosis_1:Malignant"]
     meta = pd.read_csv(out / "isic-archive-thumbnail" / "metadata.csv")
     assert sorted(meta["isic_id"]) == [f"ISIC_{i:07d}" for i in (1, 2, 3, 4, 6, 9)]
     assert pd.read_csv(out / "labels.csv")["label"].sum() == 3
 
 
-def test_full_size_goes_to_its_own_folder(archive, tmp_path, monkeypatch):
+def test_full_size_goes_to_its_own_folder_and_keeps_each_files_extension(archive, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert download(monkeypatch, archive, out, "--max-images", 2, "--isic-size", "full", "--test-only") == 0
+    assert download(monkeypatch, archive, out, "--max-images", 3, "--no-balanced", "--isic-size", "full",
+                    "--test-only") == 0
     folder = out / "isic-archive-full"
-    assert sorted(path.name for path in folder.glob("*.jpg")) == ["ISIC_0000001.jpg", "ISIC_0000002.jpg"]
-    assert Image.open(folder / "ISIC_0000001.jpg").size == (96, 72)
+    names = ["ISIC_0000001.jpg", "ISIC_0000002.png", "ISIC_0000003.tif"]  # as isic-cli names them
+    assert sorted(path.name for path in folder.iterdir() if path.name.startswith("ISIC_")) == names
+    assert Image.open(folder / "ISIC_0000003.tif").size == (96, 72)
     assert not (out / "isic-archive-thumbnail").exists()
+    # ... and the folder reader finds each of them.
+    labels = pd.read_csv(out / "labels.csv").set_index("isic_id")
+    assert sorted(labels["image_path"]) == [f"isic-archive-full/{name}" for name in names]
+
+
+def test_a_query_the_archive_cannot_parse_shows_its_message(archive, tmp_path, monkeypatch, capsys):
+    code = download(monkeypatch, archive, tmp_path / "out", "--query", "benign_malignant:malignant")
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.strip().splitlines()) == 1
+    assert "HTTP 400: Could not parse search query." in error and "benign_malignant:malignant" in error
+    assert "diagnosis_1" in error  # and how to fix it
+
+
+def test_without_the_licence_texts_a_summary_with_the_address_is_written(archive, tmp_path, monkeypatch, capsys):
+    archive.broken = {"licence files"}
+    assert download(monkeypatch, archive, tmp_path / "out", "--no-balanced", "--test-only") == 0
+    assert "the text of licence CC-BY-NC could not be fetched (HTTP 404" in capsys.readouterr().out
+    non_commercial = (tmp_path / "out" / "isic-archive-thumbnail" / "licenses" / "CC-BY-NC.txt").read_text()
+    assert "https://creativecommons.org/licenses/by-nc/4.0/" in non_commercial and "Non-commercial" in non_commercial
 
 
 def test_a_page_that_is_not_json_is_reported(archive, tmp_path, monkeypatch, capsys):
     archive.broken_pages = {5}  # the second page
-    assert download(monkeypatch, archive, tmp_path / "a", "--test-only") == 0
+    assert download(monkeypatch, archive, tmp_path / "a", "--no-balanced", "--test-only") == 0
     output = capsys.readouterr().out
     assert "skipped the rest of the search" in output and "cursor=5" in output
     assert sorted(pd.read_csv(tmp_path / "a" / "isic-archive-thumbnail" / "metadata.csv")["isic_id"]) == GOOD[:5]

@@ -1,10 +1,14 @@
 """Every metric against examples worked out by hand (the working is in the comments)."""
+import json
 import math
 
+import pandas as pd
 import pytest
+from PIL import Image
 
-from evaluate import (all_metrics, choose_threshold, confusion_matrix, partial_auc, roc_auc, roc_curve,
-                      threshold_metrics)
+from evaluate import (all_metrics, choose_threshold, confusion_matrix, partial_auc, threshold_metrics,
+                      without_nan, write_report)
+from train import roc_auc, roc_curve
 
 # Example A: benign scores 0.1, 0.4; malignant scores 0.35, 0.8.
 LABELS_A = [0, 0, 1, 1]
@@ -98,10 +102,43 @@ def test_choose_threshold_for_a_target_sensitivity():
 
 
 def test_report_on_one_class_writes_null_and_still_draws(tmp_path):
-    from evaluate import draw_confusion_matrix, draw_roc, without_nan
+    # Three benign images scored 0.2, 0.7, 0.4 at threshold 0.5: 0.7 is a false positive.
+    # TN = 2, FP = 1, FN = 0, TP = 0. Defined: accuracy = specificity = 2/3, precision = 0 / 1 = 0,
+    # F1 = 2TP / (2TP + FP + FN) = 0 / 1 = 0. Undefined (no malignant image): recall, balanced accuracy,
+    # AUC and pAUC, which JSON cannot hold as NaN and must write as null.
+    labels, scores = [0, 0, 0], [0.2, 0.7, 0.4]
+    metrics = all_metrics(labels, scores, 0.5)
+    table = pd.DataFrame({"isic_id": ["a", "b", "c"]})
+    write_report(tmp_path, without_nan(metrics), metrics, table, scores, labels)  # as evaluate.py's main does
 
-    metrics = all_metrics([0, 0, 0], [0.2, 0.7, 0.4], 0.5)
-    assert without_nan(metrics)["auc"] is None and without_nan(metrics)["specificity"] == pytest.approx(2 / 3)
-    draw_roc([0, 0, 0], [0.2, 0.7, 0.4], metrics, tmp_path / "roc.png")
-    draw_confusion_matrix(metrics["confusion_matrix"], 0.5, tmp_path / "cm.png")
-    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "cm.png").stat().st_size > 0
+    written = json.loads((tmp_path / "metrics.json").read_text())  # json.loads would refuse a bare NaN
+    for key in ("recall", "balanced_accuracy", "auc", "pauc_80"):
+        assert written[key] is None, key
+    assert written["confusion_matrix"] == [[2, 1], [0, 0]]
+    assert written["accuracy"] == pytest.approx(2 / 3) and written["specificity"] == pytest.approx(2 / 3)
+    assert written["precision"] == 0 and written["f1"] == 0
+    assert written["n"] == 3 and written["threshold"] == 0.5
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert predictions["predicted"].tolist() == [0, 1, 0] and predictions["label"].tolist() == [0, 0, 0]
+
+    white = (255, 255, 255)
+    for name, size in (("confusion_matrix.png", (450, 390)), ("roc.png", (505, 500))):
+        # A real PNG (by its signature, not its name) of the size the drawing code lays out:
+        # matrix: 130 px of row labels + 2 cells of 150 + 20; 70 px of header + 2 cells + 20.
+        # ROC chart: 75 px left margin + 400 + 30; 40 px title + 400 + 60 for the axis label.
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
+        image = Image.open(tmp_path / name).convert("RGB")
+        assert image.size == size, name
+        colours = dict((colour, count) for count, colour in image.getcolors(maxcolors=size[0] * size[1]))
+        assert size[0] * size[1] - colours.get(white, 0) > 1000, f"{name} is (nearly) blank"
+
+    # The matrix is shaded by each row's share: TN (2 of 3) darker than FP (1 of 3); the malignant row,
+    # with no images, stays white. Sampled just inside each cell's top-left corner, away from the text.
+    matrix = Image.open(tmp_path / "confusion_matrix.png").convert("RGB")
+    tn, fp = matrix.getpixel((130 + 5, 70 + 5)), matrix.getpixel((280 + 5, 70 + 5))
+    fn, tp = matrix.getpixel((130 + 5, 220 + 5)), matrix.getpixel((280 + 5, 220 + 5))
+    assert tn[0] < fp[0] < 255 and tn[2] == fp[2] == 255  # shades of blue, darker for the larger share
+    assert fn == tp == white
+    # With one class there is no ROC curve to draw, so none of the curve's blue may appear.
+    roc = Image.open(tmp_path / "roc.png").convert("RGB")
+    assert (30, 60, 200) not in [colour for _, colour in roc.getcolors(maxcolors=505 * 500)]

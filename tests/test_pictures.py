@@ -4,9 +4,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dataset import draw_augmentation_grid
-from evaluate import grad_cam
-from model import BaselineCNN
+from dataset import CustomDataset, build_transforms, read_split
+from helpers.charts import draw_augmentation_grid
+from helpers.grad_cam import grad_cam
+from model import IMAGENET_MEAN, IMAGENET_STD, BaselineCNN
 
 
 def assert_not_blank(path, min_colours=10):
@@ -16,7 +17,10 @@ def assert_not_blank(path, min_colours=10):
 
 def test_augmentation_grid(synthetic_data, tmp_path):
     path = tmp_path / "grid.png"
-    draw_augmentation_grid(synthetic_data, 32, path, rows=4, variants=3)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    training = CustomDataset(read_split(synthetic_data, "train"), build_transforms(32, True, mean, std))
+    plain = build_transforms(32, False, mean, std)
+    draw_augmentation_grid(training, plain, path, mean, std, rows=4, variants=3)
     # a label column of 110 px and a header of 30 px, then 4 rows of 4 images of 32 px with 4 px gaps
     assert Image.open(path).size == (110 + 4 * 36, 30 + 4 * 36)
     assert_not_blank(path)
@@ -24,7 +28,7 @@ def test_augmentation_grid(synthetic_data, tmp_path):
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    draw_augmentation_grid(synthetic_data, 32, path, rows=2)
+    draw_augmentation_grid(training, plain, path, mean, std, rows=2)
     assert torch.equal(torch.rand(3), expected)
 
 

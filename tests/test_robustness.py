@@ -12,7 +12,8 @@ from PIL import Image
 
 import prepare_data
 from conftest import make_image, ROOT, run_main, run_script
-from dataset import DataError, load_image
+from helpers.files import DataError
+from helpers.images import inspect_image, load_image
 from model import BaselineCNN, build_model, load_checkpoint, save_checkpoint
 
 
@@ -62,6 +63,20 @@ def test_duplicate_ids_with_conflicting_labels(tmp_path, monkeypatch, capsys):
     assert "image id ISIC_0000003 appears with both labels" in capsys.readouterr().err
 
 
+def test_one_image_under_two_labels_stops_naming_both_files(tmp_path, monkeypatch, capsys):
+    """The same bytes in benign/ and malignant/ is a label conflict, not a duplicate: never train on both."""
+    root = tmp_path / "folders"
+    for i in range(12):
+        make_image(root / "benign" / f"b{i}.png", colour=(i * 20, 50, 50))
+        make_image(root / "malignant" / f"m{i}.png", colour=(50, i * 20, 50))
+    (root / "malignant" / "also_b3.png").write_bytes((root / "benign" / "b3.png").read_bytes())
+    assert prepare(monkeypatch, root, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
+    assert f"{root / 'benign' / 'b3.png'} (benign) and {root / 'malignant' / 'also_b3.png'} (malignant)" in error
+    assert "same image" in error and not (tmp_path / "out" / "labels.csv").exists()
+
+
 def test_a_class_with_no_images(tmp_path, monkeypatch, capsys):
     assert prepare(monkeypatch, isic_folder(tmp_path / "src", ["benign"] * 20), tmp_path / "out") == 2
     assert "no malignant images at all (20 benign)" in capsys.readouterr().err
@@ -104,7 +119,7 @@ def test_an_image_of_absurd_size_is_refused(tmp_path, monkeypatch, capsys):
     path = make_image(tmp_path / "bomb.png")
     with pytest.raises(DataError, match=r"bomb.png claims 40x30 pixels, more than the 1,000 allowed"):
         load_image(path)
-    assert prepare_data.inspect_image(path)[1].startswith("unreadable (")
+    assert inspect_image(path)[1].startswith("unreadable (")
 
 
 def test_an_image_that_vanished_after_preparation_stops_training_with_its_name(synthetic_data, tmp_path):
@@ -123,6 +138,9 @@ def test_an_image_that_vanished_after_preparation_stops_training_with_its_name(s
 
 # --- Checkpoints --------------------------------------------------------------------------------------
 
+VALIDATION = {"isic_id": ["a", "b"], "probability": [0.25, 0.75], "label": [0, 1]}  # what a checkpoint carries
+
+
 class RunsCode:
     """Unpickling this would run a shell command: the kind of file weights_only=True refuses."""
 
@@ -135,8 +153,8 @@ class RunsCode:
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker, path = tmp_path / "code-ran", tmp_path / "hostile.pt"
-    torch.save({"state_dict": BaselineCNN().state_dict(), "model": "baseline", "img_size": 64,
-                "mean": [0.5] * 3, "std": [0.5] * 3, "threshold": 0.5, "payload": RunsCode(marker)}, path)
+    torch.save({"state_dict": BaselineCNN().state_dict(), "model": "baseline", "img_size": 64, "mean": [0.5] * 3,
+                "std": [0.5] * 3, "tta": False, "val_predictions": VALIDATION, "payload": RunsCode(marker)}, path)
     for step in (run_script("evaluate.py", path), run_script("train.py", "--resume", path)):
         assert step.returncode == 2
         assert "refused to load" in step.stderr and "could run code" in step.stderr
@@ -146,7 +164,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_a_checkpoint_of_another_model(tmp_path):
     path = tmp_path / "mixed.pt"
     save_checkpoint(path, build_model("resnet").state_dict(), model="baseline", img_size=64, mean=[0.5] * 3,
-                    std=[0.5] * 3, colour_constancy=False, tta=False, threshold=0.5)
+                    std=[0.5] * 3, tta=False, val_predictions=VALIDATION)
     with pytest.raises(ValueError, match="do not fit the 'baseline' model"):
         load_checkpoint(path)
 
@@ -196,7 +214,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(synthetic_data, tmp_p
     assert last_epoch(resumed.stdout) == last_epoch(whole.stdout)
     a = torch.load(tmp_path / "whole.pt", weights_only=True)
     b = torch.load(interrupted, weights_only=True)
-    assert a["epoch"] == b["epoch"] and a["threshold"] == b["threshold"] and a["val_metrics"] == b["val_metrics"]
+    assert a["epoch"] == b["epoch"] and a["val_metrics"] == b["val_metrics"]
+    assert a["val_predictions"] == b["val_predictions"]  # and so the threshold evaluate.py will choose
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     assert "training_state" not in b  # a finished run keeps only what evaluation needs

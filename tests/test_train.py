@@ -1,38 +1,60 @@
-"""train.py: the baseline must really learn the synthetic set; runs are reproducible; early stopping works."""
+"""train.py: the baseline must really learn the synthetic set; runs are reproducible; every option takes effect."""
 import math
 
+import pandas as pd
 import pytest
 import torch
 
+import evaluate
 import train
 from conftest import run_main
-from dataset import build_transforms, CustomDataset
-from evaluate import all_metrics, choose_threshold, predict
-from model import BaselineCNN, build_model, load_checkpoint
-from torch.utils.data import DataLoader
+from dataset import CustomDataset, build_transforms, read_split
+from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
 
 def test_baseline_learns_the_synthetic_set(trained_baseline):
     checkpoint, data = trained_baseline
-    model, info = load_checkpoint(checkpoint)
-    test_set = CustomDataset(data, "test", build_transforms(info["img_size"], train=False))
-    probabilities, labels = predict(model, DataLoader(test_set, batch_size=64), "cpu")
-    metrics = all_metrics(labels, probabilities, info["threshold"])
+    member = load_checkpoint(checkpoint)
+    probabilities, labels = evaluate.score([member], read_split(data, "test"), 64, 0, torch.device("cpu"))
+    metrics = evaluate.all_metrics(labels, probabilities, evaluate.pick_threshold([member[1]], [checkpoint]))
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)  # about 0.66
     assert metrics["auc"] > 0.8, metrics
     assert metrics["accuracy"] > majority + 0.08, (metrics, majority)
     assert metrics["balanced_accuracy"] > 0.75, metrics
 
 
+def pairwise_auc(labels, probabilities):
+    """AUC as its definition reads: the share of (malignant, benign) pairs ranked right, a tie counting half."""
+    malignant = [p for p, y in zip(probabilities, labels) if y]
+    benign = [p for p, y in zip(probabilities, labels) if not y]
+    return sum((m > b) + 0.5 * (m == b) for m in malignant for b in benign) / (len(malignant) * len(benign))
+
+
 def test_checkpoint_carries_what_evaluation_needs(trained_baseline):
     checkpoint, data = trained_baseline
     info = torch.load(checkpoint, weights_only=True)
     assert info["model"] == "baseline" and info["img_size"] == 64
-    assert 0 < info["threshold"] < 1
-    assert len(info["mean"]) == 3 and len(info["std"]) == 3
-    assert {"auc", "balanced_accuracy", "recall", "specificity", "loss"} <= set(info["val_metrics"])
+    assert info["tta"] is True  # on by default
+    assert (tuple(info["mean"]), tuple(info["std"])) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert "threshold" not in info and "colour_constancy" not in info  # evaluate.py chooses the threshold
+    assert "training_state" not in info  # a finished run keeps only what evaluation needs
     assert 1 <= info["epoch"] <= 12
     assert info["args"]["data"] == str(data) and info["args"]["seed"] == 0
+    # The validation predictions, one per val image in labels.csv's order, with its true label...
+    val = read_split(data, "val")
+    predictions = info["val_predictions"]
+    assert predictions["isic_id"] == val["isic_id"].tolist() and predictions["label"] == val["label"].tolist()
+    assert all(0 <= p <= 1 for p in predictions["probability"])
+    # ...and the metrics of the best epoch, worked out again here from those predictions.
+    labels, probabilities = predictions["label"], predictions["probability"]
+    assert info["val_metrics"]["auc"] == pytest.approx(pairwise_auc(labels, probabilities))
+    log_loss = -sum(math.log(p if y else 1 - p) for p, y in zip(probabilities, labels)) / len(labels)
+    assert info["val_metrics"]["loss"] == pytest.approx(log_loss)
+    accuracy = sum((p >= 0.5) == y for p, y in zip(probabilities, labels)) / len(labels)
+    assert info["val_metrics"]["accuracy"] == pytest.approx(accuracy)
+    log = pd.read_csv(checkpoint.with_name("baseline-log.csv"))
+    assert log.loc[log["epoch"] == info["epoch"], "val_auc"].item() == pytest.approx(info["val_metrics"]["auc"])
+    assert log["val_auc"].max() == pytest.approx(info["val_metrics"]["auc"])  # the best epoch is the one kept
 
 
 def train_briefly(tmp_path, data, monkeypatch, name, *extra):
@@ -44,23 +66,42 @@ def train_briefly(tmp_path, data, monkeypatch, name, *extra):
 
 
 def test_same_seed_same_weights_other_seed_other_weights(synthetic_data, tmp_path, monkeypatch):
-    first = train_briefly(tmp_path, synthetic_data, monkeypatch, "a", "--seed", 3)
-    again = train_briefly(tmp_path, synthetic_data, monkeypatch, "b", "--seed", 3)
-    other = train_briefly(tmp_path, synthetic_data, monkeypatch, "c", "--seed", 4)
+    first = train_briefly(tmp_path, synthetic_data, monkeypatch, "a", "--seed", 3, "--no-tta")
+    again = train_briefly(tmp_path, synthetic_data, monkeypatch, "b", "--seed", 3, "--no-tta")
+    other = train_briefly(tmp_path, synthetic_data, monkeypatch, "c", "--seed", 4, "--no-tta")
     for key, value in first["state_dict"].items():
         assert torch.equal(value, again["state_dict"][key]), key
-    assert first["val_metrics"] == again["val_metrics"] and first["threshold"] == again["threshold"]
+    assert first["val_metrics"] == again["val_metrics"] and first["val_predictions"] == again["val_predictions"]
     assert not torch.equal(first["state_dict"]["head.1.weight"], other["state_dict"]["head.1.weight"])
 
 
 def test_early_stopping_keeps_the_best_epoch(synthetic_data, tmp_path, monkeypatch, capsys):
-    # With a learning rate of 0 nothing improves after epoch 1, so training stops after `patience` more.
-    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "stuck", "--lr", 0, "--patience", 2,
+    # The validation score is scripted, so that what training does with it is known exactly: best at
+    # epoch 2, then worse for 2 epochs, which with --patience 2 must end the run after epoch 4. Epoch 5
+    # would have been better still: a run that did not stop would keep it.
+    scripted = [0.70, 0.90, 0.85, 0.80, 0.95, 0.96, 0.97, 0.98, 0.99, 1.00]
+    weights_validated = []  # the model's weights as each epoch's validation saw them
+    real_validate = train.validate
+
+    def scripted_validate(model, *args):
+        val = real_validate(model, *args)
+        weights_validated.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        val["auc"] = val["score"] = scripted[len(weights_validated) - 1]
+        return val
+
+    monkeypatch.setattr(train, "validate", scripted_validate)
+    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "stopped", "--no-tta", "--patience", 2,
                          "--epochs", 10)
     output = capsys.readouterr().out
     assert "no improvement for 2 epochs: stopping early" in output
-    assert "epoch   3/10" in output and "epoch   4/10" not in output
-    assert info["epoch"] == 1
+    assert "epoch   4/10" in output and "epoch   5/10" not in output
+    assert len(weights_validated) == 4
+    assert pd.read_csv(tmp_path / "stopped-log.csv")["val_auc"].tolist() == scripted[:4]
+    # The checkpoint holds epoch 2: its number, its score and its weights, not the last epoch's.
+    assert info["epoch"] == 2 and info["val_metrics"]["auc"] == 0.90
+    for name, tensor in info["state_dict"].items():
+        assert torch.equal(tensor, weights_validated[1][name]), name
+    assert not torch.equal(info["state_dict"]["head.1.weight"], weights_validated[3]["head.1.weight"])
 
 
 def test_focal_loss_by_hand():
@@ -78,38 +119,55 @@ def test_focal_loss_by_hand():
         torch.nn.CrossEntropyLoss(weight=weight)(logits, labels).item())
 
 
-def test_warmup_then_cosine():
-    # 2 warm-up steps out of 10: 1/2, 1, then a cosine over the remaining 8 steps, halfway at step 6.
-    factors = [train.warmup_cosine(step, 2, 10) for step in range(11)]
-    assert factors[:3] == [0.5, 1.0, 1.0]
-    assert factors[6] == pytest.approx(0.5) and factors[10] == pytest.approx(0.0)
-    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))  # never rises after the warm-up
-    assert train.warmup_cosine(0, 0, 4) == 1.0
+def dihedral_probabilities(model, images):
+    """P(malignant) averaged over the 8 symmetries of the square, built here from quarter turns and the
+    transpose (train.py builds them from quarter turns and a left-right flip: the same 8, another way)."""
+    views = [images.rot90(k, dims=(2, 3)) for k in range(4)]
+    views += [view.transpose(2, 3) for view in views]
+    with torch.no_grad():
+        return torch.stack([model(view).softmax(dim=1)[:, 1] for view in views]).mean(0), \
+            model(images).softmax(dim=1)[:, 1]
 
 
 def test_recipe_options_are_used_and_recorded(synthetic_data, tmp_path, monkeypatch):
-    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "recipe", "--loss", "focal", "--warmup-epochs", 1,
-                         "--backbone-lr-factor", 0.1, "--augment", "strong", "--colour-constancy", "--tta",
-                         "--balanced-sampler", "--class-weights")
-    assert info["colour_constancy"] is True and info["tta"] is True
-    groups = info["training_state"]["optimizer"]["param_groups"] if "training_state" in info else None
-    assert groups is None  # a finished run keeps no state to resume
-    validation = info["val_predictions"]
-    assert len(validation["isic_id"]) == len(validation["probability"]) == len(validation["label"]) > 0
-    assert info["threshold"] == choose_threshold(validation["label"], validation["probability"])
+    # Every batch's loss goes through a spy on focal_loss, which sees the labels drawn and the class weights.
+    calls = []
+    real_focal_loss = train.focal_loss
 
+    def counting_focal_loss(logits, labels, weight=None, gamma=2.0):
+        calls.append((labels.tolist(), weight))
+        return real_focal_loss(logits, labels, weight, gamma)
 
-def test_the_backbone_learns_slower_than_the_head(synthetic_data, tmp_path, monkeypatch):
-    # One epoch, stopped by Ctrl-C just after: the saved optimizer holds both groups' learning rates.
-    monkeypatch.setattr(train, "draw_curves", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
-    out = tmp_path / "slow.pt"
-    code = run_main(train, "--data", synthetic_data, "--img-size", 32, "--epochs", 4, "--lr", 0.01,
-                    "--backbone-lr-factor", 0.1, "--out", out, monkeypatch=monkeypatch)
-    assert code == 130
-    groups = torch.load(out, weights_only=True)["training_state"]["optimizer"]["param_groups"]
-    head = len(list(BaselineCNN().head.parameters()))  # the Linear layer's weight and bias
-    assert [len(group["params"]) for group in groups] == [head, len(list(BaselineCNN().parameters())) - head]
-    assert groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+    monkeypatch.setattr(train, "focal_loss", counting_focal_loss)
+    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "recipe", "--loss", "focal", "--class-weights",
+                         "--balanced-sampler", "--tta")
+    training = read_split(synthetic_data, "train")
+    n, malignant = len(training), int(training["label"].sum())  # 239 and 80
+    benign = n - malignant
+
+    # --loss focal: every batch of both epochs (32 images, the last partial batch dropped) used it.
+    assert len(calls) == 2 * (n // 32)
+    # --class-weights: n / (2 x class count), so that both classes weigh n / 2 in all.
+    for _, weight in calls:
+        assert weight is not None and weight.tolist() == pytest.approx([n / (2 * benign), n / (2 * malignant)])
+    # --balanced-sampler: about as many malignant draws as benign ones, where the data has 1 in 3.
+    drawn = [label for labels, _ in calls for label in labels]
+    assert malignant / n < 0.35 and 0.4 < sum(drawn) / len(drawn) < 0.6
+
+    # --tta: each stored validation probability is the mean over the 8 views, for the saved weights.
+    model, checkpoint = load_checkpoint(tmp_path / "recipe.pt")
+    val = read_split(synthetic_data, "val")
+    dataset = CustomDataset(val, build_transforms(32, False, checkpoint["mean"], checkpoint["std"]))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    averaged, one_view = dihedral_probabilities(model, images)
+    stored = info["val_predictions"]["probability"]
+    assert stored == pytest.approx(averaged.tolist(), abs=1e-5)
+    assert stored != pytest.approx(one_view.tolist(), abs=1e-3)  # so one view alone would not pass
+
+    # And the checkpoint records the recipe.
+    assert info["tta"] is True
+    assert {key: info["args"][key] for key in ("loss", "class_weights", "balanced_sampler", "tta")} == {
+        "loss": "focal", "class_weights": True, "balanced_sampler": True, "tta": True}
 
 
 def test_a_linear_probe_trains_the_head_only_and_learns(synthetic_data, tmp_path, monkeypatch, capsys):
@@ -124,23 +182,41 @@ def test_a_linear_probe_trains_the_head_only_and_learns(synthetic_data, tmp_path
     assert code == 2 and "--freeze-backbone needs --pretrained" in capsys.readouterr().err
 
 
-def test_loss_and_sampler_options_run(synthetic_data, tmp_path, monkeypatch, capsys):
-    train_briefly(tmp_path, synthetic_data, monkeypatch, "weighted", "--class-weights", "--dry-run")
-    train_briefly(tmp_path, synthetic_data, monkeypatch, "sampled", "--balanced-sampler", "--dry-run")
+def test_negatives_per_positive_and_its_conflict_with_the_balanced_sampler(synthetic_data, tmp_path, monkeypatch,
+                                                                          capsys):
     # 239 training images, 80 malignant: an epoch of 1 benign per malignant sees 160 of them.
     train_briefly(tmp_path, synthetic_data, monkeypatch, "subset", "--neg-per-pos", 1, "--dry-run")
     output = capsys.readouterr().out
-    assert output.count("epoch   1/1 ") == 3 and "; 160 training images per epoch" in output
+    assert "epoch   1/1 " in output and "; 160 training images per epoch" in output
     code = run_main(train, "--data", synthetic_data, "--balanced-sampler", "--neg-per-pos", 2, monkeypatch=monkeypatch)
     assert code == 2 and "choose one of --balanced-sampler and --neg-per-pos" in capsys.readouterr().err
 
 
 def test_bfloat16_learns_as_float32_does_and_float16_needs_a_gpu(synthetic_data, tmp_path, monkeypatch, capsys):
     # Autocast on the CPU runs the same code as on a GPU; here emulated (slowly) where the CPU lacks bf16.
-    full = train_briefly(tmp_path, synthetic_data, monkeypatch, "fp32", "--no-tta", "--epochs", 3)
-    half = train_briefly(tmp_path, synthetic_data, monkeypatch, "bf16", "--no-tta", "--epochs", 3,
-                         "--precision", "bf16")
+    # A hook on the first convolution records the dtype it computed in, in training and validation alike.
+    computed_in = {}
+    real_build_model = train.build_model
+
+    def watched_build_model(name, pretrained=False):
+        model = real_build_model(name, pretrained)
+        model.features[0].register_forward_hook(lambda module, inputs, output: computed_in[run].add(output.dtype))
+        return model
+
+    monkeypatch.setattr(train, "build_model", watched_build_model)
+    runs = {}
+    for run, extra in (("fp32", []), ("bf16", ["--precision", "bf16"])):
+        computed_in[run] = set()
+        runs[run] = train_briefly(tmp_path, synthetic_data, monkeypatch, run, "--no-tta", "--epochs", 3, *extra)
+    full, half = runs["fp32"], runs["bf16"]
     assert half["args"]["precision"] == "bf16" and "on cpu, bf16; " in capsys.readouterr().out
+    # bf16 really ran: the convolutions computed in bfloat16 (and in float32 without it)...
+    assert computed_in == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    # ...so the same seed gave other numbers from the first epoch on (two fp32 runs agree bit for bit)...
+    first_losses = [pd.read_csv(tmp_path / f"{run}-log.csv")["train_loss"][0] for run in ("fp32", "bf16")]
+    assert first_losses[0] != first_losses[1] and first_losses[1] == pytest.approx(first_losses[0], abs=0.05)
+    assert not torch.equal(half["state_dict"]["head.1.weight"], full["state_dict"]["head.1.weight"])
+    # ...and it learnt as well.
     assert abs(half["val_metrics"]["auc"] - full["val_metrics"]["auc"]) < 0.05, (half["val_metrics"],
                                                                                 full["val_metrics"])
     assert next(iter(half["state_dict"].values())).dtype == torch.float32  # autocast leaves the weights in fp32

@@ -1,0 +1,61 @@
+"""Carrying on after Ctrl-C, a kill or a crash (train.py --resume CKPT); a first reading can skip it.
+
+train.py saves, after every epoch, the state to carry on from: weights, optimizer, schedule, the history
+so far and every random number generator. With the same state and the same random numbers, a resumed
+run trains exactly as an uninterrupted one would (with --workers 0: worker processes keep their own
+random state, which is not saved).
+"""
+import argparse
+import random
+import signal
+
+import torch
+
+
+def arguments_to_resume(args, interrupted, parser):
+    """The interrupted run's arguments, except where this machine may differ (device; workers if given).
+    `interrupted` is the run's checkpoint; a finished run has nothing to resume (exit 2)."""
+    if "training_state" not in interrupted:
+        parser.exit(2, f"error: the run in {args.resume} finished (best epoch {interrupted['epoch']}); "
+                       "nothing to resume\n")
+    workers = interrupted["args"]["workers"] if args.workers is None else args.workers
+    defaults = vars(parser.parse_args([]))  # for options added since that run
+    return argparse.Namespace(**{**defaults, **interrupted["args"], "resume": args.resume, "device": args.device,
+                                 "workers": workers})
+
+
+def random_state(generator):
+    """Every random number generator that training draws from, so a resumed run draws the same numbers."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore(interrupted, model, optimizer, scheduler, generator):
+    """Put the saved training state back (weights, optimizer, schedule, random numbers); returns the best
+    epoch so far and the history of the epochs done."""
+    state = interrupted["training_state"]
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["random"]["torch"])
+    random.setstate(state["random"]["python"])
+    generator.set_state(state["random"]["loader"])
+    if state["random"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["random"]["cuda"])
+    print(f"resuming {interrupted['args']['out']} after epoch {len(state['history'])} of {interrupted['args']['epochs']}")
+    return {**state["best"], "weights": interrupted["state_dict"]}, state["history"]
+
+
+def stop_on_sigterm():
+    """`kill`, a cluster's time limit or a shutdown stops training as Ctrl-C does: with a saved epoch."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def say_how_to_resume(saved_epoch, checkpoint):
+    """After Ctrl-C or SIGTERM: what was saved and the command that carries on; exit code 130, as a shell's."""
+    saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {checkpoint}"
+             if saved_epoch else "nothing saved yet")
+    print(f"\ninterrupted; {saved}", flush=True)
+    raise SystemExit(130) from None
