@@ -325,7 +325,7 @@ def parse_arguments():
                              "read instead of decoding the original each epoch; keep it above --img-size "
                              "(default 256; 0: always read the originals)")
     parser.add_argument("--synthetic-count", type=number(int, 20), default=600, help="images in the synthetic set")
-    parser.add_argument("--synthetic-size", type=number(int, 32), default=128, help="side of a synthetic image, in pixels")
+    parser.add_argument("--synthetic-size", type=number(int, 32), default=128, help="side of a drawn image, in pixels")
     args = parser.parse_args()
     if not args.test_only and args.val_fraction + args.test_fraction >= 1:
         parser.error("--val-fraction and --test-fraction leave nothing to train on; keep their sum below 1")

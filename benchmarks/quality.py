@@ -67,7 +67,6 @@ RECIPES = {
     "budget-lite0": ("budget", LITE0, 1),
     "budget-lite0-x3": ("budget", LITE0, 3),
     "budget-lite0-224": ("budget", [*LITE0, "--img-size", "224"], 1),
-    "budget-lite0-fixed": ("budget", [*LITE0, "--patience", "0"], 1),  # every epoch, the last kept
 }
 SPLITS = ("val", "test", "UDA")
 BUDGET_SPLITS = ("dev", "test", "UDA")

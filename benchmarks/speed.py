@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -48,10 +49,11 @@ from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count  # noqa
+from dataset import (CustomDataset, build_loaders, build_transforms, loader_options, read_labels,  # noqa: E402
+                     read_split, worker_count)
 from helpers.images import load_image  # noqa: E402
 from model import build_model, normalisation, pick_device  # noqa: E402
-from train import choose_precision, predict, train_one_epoch  # noqa: E402
+from train import autocast, choose_precision, dihedral_views, predict, train_one_epoch  # noqa: E402
 
 
 # --- The reference: the transfer-learning tutorial's way -----------------------------------------------
@@ -220,6 +222,94 @@ def measure_reference(name, cached_set, original_set, eval_set, make_loader, bat
             "eval ref": timed(lambda: reference_eval(model, make_loader(eval_set), device), images, device)[0]}
 
 
+def epoch_split(name, size, data, batch_size, workers, device):
+    """Where one epoch of train.py's goes: waiting for the next batch (loading and augmentation), the forward
+    pass and loss, the backward pass, the optimizer step; then validation, with and without TTA. Seconds
+    per image of each part, from a second epoch (the first starts workers and chooses kernels)."""
+    torch.manual_seed(0)
+    mean, std = normalisation(name)
+    train_loader, val_loader = build_loaders(data, size, batch_size, mean, std, workers=workers)
+    precision = choose_precision("auto", device)
+    model = build_model(name).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for epoch in (1, 2):
+        parts, seen = dict.fromkeys(("loading", "forward", "backward", "optimizer"), 0.0), 0
+        model.train()
+        train_loader.sampler.set_epoch(epoch)
+        clock = time.perf_counter()
+
+        def lap(part):
+            nonlocal clock
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            parts[part] += now - clock
+            clock = now
+
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
+            lap("loading")
+            with autocast(precision, device):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            lap("forward")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lap("backward")
+            optimizer.step()
+            lap("optimizer")
+            seen += len(labels)
+    for tta in (False, True):
+        started = time.perf_counter()
+        predict(model, val_loader, device, tta)
+        parts[f"validation{' with TTA' if tta else ''}"] = time.perf_counter() - started
+    per_image = {part: 1000 * seconds / (seen if part in ("loading", "forward", "backward", "optimizer")
+                                         else len(val_loader.dataset)) for part, seconds in parts.items()}
+    train_ms = sum(per_image[part] for part in ("loading", "forward", "backward", "optimizer"))
+    print(f"{name} at {size} px, ms per image: " + ", ".join(f"{part} {ms:.1f}" for part, ms in per_image.items())
+          + f"; training {train_ms:.1f} ms = " + ", ".join(
+              f"{part} {per_image[part] / train_ms:.0%}" for part in ("loading", "forward", "backward", "optimizer")))
+    return per_image
+
+
+def batch_size_figures(name, size, device, compile_too=False):
+    """ms per image of inference and of a training step, on random tensors, by how many images go through the
+    model at once; with compile_too, also torch.compile's: its first step (the compilation) and after."""
+    torch.manual_seed(0)
+    model = build_model(name).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randn(64, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 2, (64,), device=device)
+
+    def train_step(network, batch):
+        for start in range(0, 64, batch):
+            loss = nn.functional.cross_entropy(network(images[start:start + batch]), labels[start:start + batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    @torch.inference_mode()
+    def infer(network, batch, tta=False):
+        network.eval()
+        for view in dihedral_views(images) if tta else [images]:  # flipped and turned views, as TTA scores them
+            for start in range(0, 64, batch):
+                network(view[start:start + batch])
+        network.train()
+
+    for what, work, count in (("inference", infer, 64), ("inference of the 8 TTA views", partial(infer, tta=True), 512),
+                              ("training step", train_step, 64)):
+        rates = {batch: timed(lambda: work(model, batch), count, device, rounds=3)[0] for batch in (8, 16, 32, 64)}
+        print(f"{name} at {size} px, {what}, ms per image by batch size: "
+              + ", ".join(f"{batch}: {1000 / rate:.1f}" for batch, rate in rates.items()))
+    if compile_too:
+        compiled = torch.compile(model)
+        started = time.perf_counter()
+        train_step(compiled, 32)
+        first = time.perf_counter() - started
+        rate, _ = timed(lambda: train_step(compiled, 32), 64, device, rounds=3)
+        print(f"{name} at {size} px, torch.compile: first steps (compiling) {first:.0f} s, then a training step "
+              f"{1000 / rate:.1f} ms per image at batch 32")
+
+
 def measure(name, size, data, count, batch_size, workers, device):
     mean, std = normalisation(name)
     table = read_labels(data)
@@ -335,6 +425,10 @@ def main():
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: as train.py)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-quick-start", action="store_true", help="skip timing the README's quick start")
+    parser.add_argument("--split", action="store_true",
+                        help="only print where a training epoch and validation go, part by part, for each model, "
+                             "and what inference and a training step cost by batch size")
+    parser.add_argument("--compile", action="store_true", help="with --split: time torch.compile's training step")
     parser.add_argument("--big-table", action="store_true", help="only time prepare_data.py on a generated "
                                                                  "ISIC 2024-size table")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted after)")
@@ -366,6 +460,12 @@ def main():
             print(f"prepare_data.py on them, resized copies included: {seconds:.0f} s; "
                   + next(line for line in output.splitlines() if line.startswith("resized copies")))
 
+        if args.split:
+            for name in args.models:
+                for size in args.sizes:
+                    epoch_split(name, size, data, args.batch_size, args.workers, device)
+                    batch_size_figures(name, size, device, args.compile)
+            return
         machine_figures(data, args.models, args.sizes, args.batch_size, work, device)
         float32 = matmul_gflops(device)
         print(f"2048x2048 matrix products: {float32:.0f} GFLOP/s in float32")

@@ -42,7 +42,8 @@ def restore(interrupted, model, optimizer, scheduler, generator):
     generator.set_state(state["random"]["loader"])
     if state["random"]["cuda"]:
         torch.cuda.set_rng_state_all(state["random"]["cuda"])
-    print(f"resuming {interrupted['args']['out']} after epoch {len(state['history'])} of {interrupted['args']['epochs']}")
+    run = interrupted["args"]
+    print(f"resuming {run['out']} after epoch {len(state['history'])} of {run['epochs']}")
     return {**state["best"], "weights": interrupted["state_dict"]}, state["history"]
 
 
