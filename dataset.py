@@ -13,7 +13,6 @@ on chance.
 Example (prints one training batch, and draws a few images as the model sees them):
   python dataset.py data/ --out augmentations.png
 """
-import argparse
 import math
 import os
 from pathlib import Path

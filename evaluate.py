@@ -14,7 +14,8 @@ and, over all thresholds at once:
 
 The threshold is chosen on the validation images' predictions that the checkpoint carries: the one
 with the best balanced accuracy, or with --target-sensitivity the highest that catches that share of
-malignant lesions. Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png
+malignant lesions. Thresholds do not travel well to another clinic's images: --threshold-from chooses
+it on a few dozen of that clinic's own labelled images instead. Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png
 and OUT/grad_cam.png (where the model looked, on its most confident hits and misses).
 
 Examples:
@@ -23,16 +24,16 @@ Examples:
   python evaluate.py checkpoints/resnet18.pt --image lesion.jpg
   python evaluate.py checkpoints/resnet18.pt --target-sensitivity 0.9    # a screening operating point
   python evaluate.py checkpoints/seed0.pt checkpoints/seed1.pt checkpoints/seed2.pt   # an ensemble
+  python evaluate.py checkpoints/resnet18.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
 """
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, build_transforms, loader_options, read_split, worker_count
+from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count
 from helpers.charts import draw_confusion_matrix, draw_roc, to_picture
 from helpers.files import DataError, Parser, number, save_atomically, save_image, stop
 from helpers.grad_cam import draw_grad_cam_gallery, grad_cam, overlay
@@ -190,6 +191,9 @@ def parse_arguments():
     parser.add_argument("--target-sensitivity", type=number(float, 0, 1, low_open=True), default=None, metavar="S",
                         help="use the highest threshold that caught this share of the validation images' "
                              "malignant lesions (e.g. 0.9 for screening) instead of the best balanced accuracy")
+    parser.add_argument("--threshold-from", default=None, metavar="DATA",
+                        help="choose the threshold on every labelled image of this prepared folder instead: for a "
+                             "new clinic, a few dozen of its own images (scored by the same models)")
     parser.add_argument("--batch-size", type=number(int, 1), default=64)
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="DataLoader worker processes (default: as train.py chooses them)")
@@ -203,6 +207,10 @@ def main():
     try:
         members = [load_checkpoint(path, device) for path in args.checkpoints]
         threshold = pick_threshold([info for _, info in members], args.checkpoints, args.target_sensitivity)
+        if args.threshold_from:  # thresholds do not travel: a new clinic sets its own on its own images
+            probabilities, labels = score(members, read_labels(args.threshold_from), args.batch_size, 0, device)
+            threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
+            print(f"threshold {threshold:.3g}, chosen on the {len(labels)} images of {args.threshold_from}")
         out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)
         out.mkdir(parents=True, exist_ok=True)
         if args.image:
@@ -220,7 +228,7 @@ def main():
     print_report(metrics, at_half)
     report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoints": args.checkpoints,
               "models": [info["model"] for _, info in members], "data": str(data), "split": args.split,
-              "target_sensitivity": args.target_sensitivity}
+              "target_sensitivity": args.target_sensitivity, "threshold_from": args.threshold_from}
     write_report(out, report, metrics, table, probabilities, labels)
     model, checkpoint = members[0]  # the one whose Grad-CAM is drawn
     draw_grad_cam_gallery(model, CustomDataset(table, evaluation_transform(checkpoint)), probabilities, labels,

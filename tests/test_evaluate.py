@@ -139,3 +139,31 @@ def test_one_image_is_scored_as_its_split_scores_it(trained_baseline, tmp_path, 
         printed = re.search(r"P\(malignant\) = (\S+) ->", capsys.readouterr().out).group(1)
         assert printed == format(predictions.loc[isic_id, "probability_malignant"], ".3f"), isic_id
         assert (tmp_path / "one" / f"grad_cam_{isic_id}.png").exists()
+
+
+def test_a_new_clinic_sets_its_threshold_on_its_own_images(trained_baseline, tmp_path, monkeypatch, capsys):
+    # "The clinic": 30 labelled test images in a folder of their own. The threshold must be the one with the
+    # best balanced accuracy on exactly those images, as they are scored, found here by trying every cut.
+    checkpoint, data = trained_baseline
+    labels = pd.read_csv(data / "labels.csv")
+    clinic = labels[labels["split"] == "test"].head(30).assign(image_path=lambda t: [str(data / p) for p in
+                                                                                      t["image_path"]])
+    (tmp_path / "clinic").mkdir()
+    clinic.drop(columns=["cached_path"], errors="ignore").to_csv(tmp_path / "clinic" / "labels.csv", index=False)
+    assert run_main(evaluate, checkpoint, "--data", tmp_path / "clinic", "--out", tmp_path / "scored",
+                    monkeypatch=monkeypatch) == 0
+    scored = pd.read_csv(tmp_path / "scored" / "predictions.csv")
+    own_threshold = json.loads((tmp_path / "scored" / "metrics.json").read_text())["threshold"]
+
+    def balanced_accuracy(cut):
+        called = scored["probability_malignant"] >= cut
+        return (called[scored["label"] == 1].mean() + (~called)[scored["label"] == 0].mean()) / 2
+
+    best = max(balanced_accuracy(cut) for cut in scored["probability_malignant"])
+    assert run_main(evaluate, checkpoint, "--threshold-from", tmp_path / "clinic", "--out", tmp_path / "rechosen",
+                    monkeypatch=monkeypatch) == 0
+    assert "chosen on the 30 images of" in capsys.readouterr().out
+    rechosen = json.loads((tmp_path / "rechosen" / "metrics.json").read_text())["threshold"]
+    assert min(abs(rechosen - p) for p in scored["probability_malignant"]) < 1e-9  # one of the clinic's scores
+    assert balanced_accuracy(rechosen - 1e-12) == pytest.approx(best)
+    assert rechosen != own_threshold  # chosen on other images than the checkpoint's validation ones
