@@ -25,9 +25,9 @@ Prints a table of mean ± std over seeds, and writes every run's numbers to OUT/
 already scored in OUT (an interrupted benchmark, or a recipe shared with search.py) is read back, not
 trained again: delete OUT to start afresh.
 
-Usage (a 2-core CPU: about 30 minutes per seed for all recipes; Lite0 fine-tunes at about 20 images/s):
-  python benchmarks/quality.py                                       # the README's table
-  python benchmarks/quality.py --recipes lite0-recipe lite0-plain --seeds 0 1 2
+Usage (a 2-core CPU: about 7 minutes per seed and budget recipe at 128 px, most of it scoring):
+  python benchmarks/quality.py --recipes budget-lite0 budget-lite0-224    # the README's headline
+  python benchmarks/quality.py --recipes baseline lite0-plain lite0-recipe --seeds 0 1 2
 """
 import argparse
 import hashlib
