@@ -131,7 +131,8 @@ def test_an_image_that_vanished_after_preparation_stops_training_with_its_name(s
     data.mkdir()
     table.to_csv(data / "labels.csv", index=False)
     for workers in (0, 1):  # read in the training process, or in a worker whose traceback must not show
-        step = run_script("train.py", "--data", data, "--img-size", 32, "--epochs", 1, "--workers", workers)
+        step = run_script("train.py", "--data", data, "--img-size", 32, "--epochs", 1, "--workers", workers,
+                          "--out", tmp_path / "model.pt")
         assert step.returncode == 2
         assert "image not found:" in step.stderr and "vanished.jpg" in step.stderr and "Traceback" not in step.stderr
 
