@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from helpers.charts import draw_augmentation_grid
-from helpers.files import DataError, Parser, number
+from helpers.files import DataError, Parser, number, stop
 from helpers.images import load_image
 
 
@@ -203,5 +203,5 @@ if __name__ == "__main__":
         draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std), out,
                                mean, std)
     except DataError as error:
-        parser.exit(2, f"error: {error}\n")
+        stop(error)
     print(f"drew {out}")

@@ -15,8 +15,9 @@ and, over all thresholds at once:
 The threshold is chosen on the validation images' predictions that the checkpoint carries: the one
 with the best balanced accuracy, or with --target-sensitivity the highest that catches that share of
 malignant lesions. Thresholds do not travel well to another clinic's images: --threshold-from chooses
-it on a few dozen of that clinic's own labelled images instead. Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png
-and OUT/grad_cam.png (where the model looked, on its most confident hits and misses).
+it on a few dozen of that clinic's own labelled images instead. Writes OUT/metrics.json,
+OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png (where the model
+looked, on its most confident hits and misses).
 
 Examples:
   python evaluate.py checkpoints/baseline.pt

@@ -233,9 +233,9 @@ def linear_probe(model, train_loader, val_loader, args, device):
 def save_run(args, best, history, training_state):
     """The checkpoint (the best epoch's weights, what evaluate.py needs and, until the run is finished,
     the state to resume from), the log and the curves. Atomic: a crash mid-save keeps the previous files."""
-    val = best["val"]
+    val, (mean, std) = best["val"], normalisation(args.model)
     save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size, tta=args.tta,
-                    mean=normalisation(args.model)[0], std=normalisation(args.model)[1], epoch=best["epoch"],
+                    mean=mean, std=std, epoch=best["epoch"],
                     val_metrics={key: val[key] for key in ("auc", "loss", "accuracy")},
                     # evaluate.py chooses the decision threshold (or averages models) from these
                     val_predictions={"isic_id": args.val_ids, "probability": val["probabilities"],

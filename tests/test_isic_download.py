@@ -94,7 +94,8 @@ class FakeArchive:
             cue = cues.pop(0) if cues else None
         if url.path == SEARCH:
             return self.search(handler, {key: values[0] for key, values in parse_qs(url.query).items()})
-        if url.path.startswith("/api/v2/zip-download/license-file/"):  # served as the archive does: text/plain, 404 if unknown
+        # Licence texts, served as the archive serves them: text/plain, 404 for a name it does not know.
+        if url.path.startswith(LICENCE_FILE.format("").rstrip("/")):
             name = url.path.split("/")[-2]
             if name not in LEGAL_TEXT or "licence files" in self.broken:
                 return handler.send_error(404)
