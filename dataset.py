@@ -15,6 +15,7 @@ Example (prints one training batch, and draws a few images as the model sees the
 """
 import math
 import os
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +90,45 @@ def read_split(data_dir, split):
     return table
 
 
+# --- Cross-validation (train.py --folds K) --------------------------------------------------------------
+# With a few hundred labels, 15 % of them (the val split) is too few to choose an epoch and a threshold
+# on. Cross-validation pools the train and val splits and deals them into K folds; K models each train
+# on K-1 folds and validate on the one left out. Every image then gets one honest prediction, from the
+# model that never saw it, and the K models are averaged at test time. The test split stays out.
+
+def cross_validation_folds(table, folds, seed):
+    """The fold (0 to folds-1) of each row of the table. Whole groups (a lesion's or a patient's images,
+    see prepare_data.py) go to one fold, or a model would validate on lesions it trained on; they are
+    dealt class by class, biggest first, each to the fold with the fewest images of its class so far."""
+    groups = table["group"] if "group" in table else table["isic_id"]
+    group_label, group_size = table["label"].groupby(groups).max(), groups.value_counts()
+    fold_of, rng = {}, random.Random(seed)
+    for label in (0, 1):
+        members = sorted(group_label.index[group_label == label])
+        rng.shuffle(members)
+        members.sort(key=lambda group: -group_size[group])  # stable: shuffled within equal sizes
+        filled = [0] * folds
+        for group in members:
+            fold_of[group] = filled.index(min(filled))
+            filled[fold_of[group]] += group_size[group]
+    return groups.map(fold_of).to_numpy()
+
+
+def train_and_val(data_dir, fold=None, folds=1, seed=0):
+    """The tables of training and validation images: the train and val splits, or with `folds` > 1 both
+    pooled, fold number `fold` (1 to folds) validating and the others training."""
+    if folds == 1:
+        return read_split(data_dir, "train"), read_split(data_dir, "val")
+    pool = pd.concat([read_split(data_dir, "train"), read_split(data_dir, "val")], ignore_index=True)
+    fold_of = cross_validation_folds(pool, folds, seed)
+    per_class = [len(set(fold_of[pool["label"] == label])) for label in (0, 1)]
+    if min(per_class) < folds:  # then a fold would validate on one class only, or on nothing
+        raise DataError(f"{Path(data_dir) / 'labels.csv'}: {folds} folds need both classes in every fold, but the "
+                        f"train and val splits fill only {min(per_class)}; use fewer --folds")
+    left_out = fold_of == fold - 1
+    return pool[~left_out].reset_index(drop=True), pool[left_out].reset_index(drop=True)
+
+
 class CustomDataset(Dataset):
     """Images listed in a table (labels.csv's columns: load_path, label, isic_id), as (tensor, label) pairs."""
 
@@ -149,16 +189,18 @@ class EpochSampler(Sampler):
 
 
 def build_loaders(data_dir, img_size, batch_size, mean, std, balanced_sampler=False, workers=0, seed=0,
-                  neg_per_pos=None, rank=0, world_size=1):
-    """DataLoaders for training: train (augmented, shuffled) and val (plain, in order).
+                  neg_per_pos=None, rank=0, world_size=1, fold=None, folds=1):
+    """DataLoaders for training: train (augmented, shuffled) and val (plain, in order); with folds > 1,
+    those of one fold of cross-validation (see train_and_val).
 
     How the training images are drawn (all once, class-balanced, or K benign per malignant) is up to
     EpochSampler: answers to class imbalance at the sampling end; weighting or focusing the loss, the
     other answers, live in train.py. rank and world_size give this process its share when several
     train together: every world_size-th validation image, from the rank-th on (train.py gathers them).
     """
-    train_set = CustomDataset(read_split(data_dir, "train"), build_transforms(img_size, True, mean, std))
-    val_set = CustomDataset(read_split(data_dir, "val")[rank::world_size], build_transforms(img_size, False, mean, std))
+    train_table, val_table = train_and_val(data_dir, fold, folds, seed)
+    train_set = CustomDataset(train_table, build_transforms(img_size, True, mean, std))
+    val_set = CustomDataset(val_table[rank::world_size], build_transforms(img_size, False, mean, std))
     sampler = EpochSampler(train_set.labels, seed, balanced_sampler, neg_per_pos, rank, world_size)
     # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
     generator = torch.Generator().manual_seed(seed)

@@ -17,12 +17,14 @@ Example (prints each model's size):
 import math
 import os
 import pickle
+import sys
 
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from helpers.files import save_atomically
+from helpers.files import Progress, save_atomically
 
 MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
@@ -184,16 +186,49 @@ def build_model(name, pretrained=False):
     return model.to(memory_format=torch.channels_last)
 
 
+class FoldEnsemble(nn.Module):
+    """The models of a cross-validated run (train.py --folds) as one. Its output is the log of their mean
+    probability, so a softmax gives that mean back, and the rest of the code uses it as any model.
+    (Grad-CAM, which looks at the last convolution, then shows the last fold's model.)"""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images):
+        return torch.stack([member(images).float().softmax(dim=1) for member in self.members]).mean(0).log()
+
+
 def head_name(model):
     """The attribute holding the model's final, newly initialised classification layer; the rest of the
     model is its backbone, which turns an image into features."""
     return next(name for name in ("head", "fc", "_fc") if hasattr(model, name))
 
 
+@torch.inference_mode()
+def backbone_features(model, dataset, batch_size, device):
+    """Every image of the dataset through the model without its head, once: a dataset of (features, label)."""
+    name = head_name(model)
+    head = getattr(model, name)
+    setattr(model, name, nn.Identity())  # for now the model ends with its features
+    model.eval()
+    features, labels, progress = [], [], Progress("computed features of", len(dataset))
+    try:
+        for images, targets in DataLoader(dataset, batch_size):
+            features.append(model(images.to(device)).float())
+            labels.append(targets)
+            progress.update(sum(map(len, labels)))
+    finally:
+        setattr(model, name, head)
+        progress.close()
+    return TensorDataset(torch.cat(features), torch.cat(labels).to(device))
+
+
 # --- Checkpoints -----------------------------------------------------------------------------------
 # A checkpoint holds the weights plus everything needed to use them again: which model, what image
 # size and normalisation it was trained with, and its predictions on the validation images, from which
-# evaluate.py chooses the decision threshold.
+# evaluate.py chooses the decision threshold. A cross-validated run's (train.py --folds K) holds its K
+# models' weights side by side, as a FoldEnsemble's, and folds=K.
 # During training it also holds the state to resume from (see train.py --resume). It holds only
 # tensors, numbers, strings, lists and dicts, so it can be loaded with weights_only=True, which
 # refuses any file that would run code while it is unpickled.
@@ -230,12 +265,40 @@ def load_checkpoint(path, device="cpu"):
     """(model ready for inference, the checkpoint's other entries); ValueError naming the file if unusable."""
     checkpoint = read_checkpoint(path, device)
     model = build_model(checkpoint["model"])
+    if checkpoint.get("folds", 1) > 1:
+        model = FoldEnsemble([model, *(build_model(checkpoint["model"]) for _ in range(checkpoint["folds"] - 1))])
     try:
         model.load_state_dict(checkpoint.pop("state_dict"))
     except RuntimeError:
         raise ValueError(f"the weights in {path} do not fit the '{checkpoint['model']}' model it names "
                          "(another architecture's weights, or an edited file)") from None
     return model.to(device).eval(), checkpoint
+
+
+# --- Device and precision -----------------------------------------------------------------------------------------
+# float32 is the safe default. In bfloat16 (8 bits of mantissa instead of 23, float32's range) or float16
+# a GPU's tensor cores multiply several times faster and activations take half the memory; autocast
+# runs matrix products and convolutions in 16 bits and keeps sums, softmax and the loss in float32,
+# where rounding would hurt. float16's narrow range can flush small gradients to zero, so its loss is
+# scaled up before backward and the gradients scaled back down (GradScaler); bfloat16 needs no scaling.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_precision(requested, device):
+    """'auto' is bf16 on a GPU that has it, else fp32; a CPU without bfloat16 instructions gets a warning."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    emulated = not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if requested == "bf16" and device.type == "cpu" and emulated:
+        print("warning: this CPU has no bfloat16 instructions, so bf16 is emulated, far slower", file=sys.stderr)
+    return requested
+
+
+def autocast(precision, device):
+    """The context in which the model runs at this precision (for fp32: one that changes nothing)."""
+    return torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32")
 
 
 def pick_device(name="auto"):

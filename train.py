@@ -4,7 +4,8 @@ The loop is the classic one: for each batch, predict, measure the error with cro
 autograd compute how every weight should move, and let Adam move them. After each epoch the model
 is scored on the validation images, which it never trains on; the epoch with the best validation AUC
 is kept, and training stops early once that has not improved for --patience epochs. The test split
-stays untouched until evaluate.py.
+stays untouched until evaluate.py. With a few hundred labels, --folds K trains K models, each validated
+on a different K-th of the train and val images, and keeps them as one (see dataset.py).
 
 Writes a checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, what evaluate.py
 needs to use them (model, image size, normalisation, validation predictions to choose a threshold from,
@@ -18,6 +19,7 @@ Examples:
   python train.py --model efficientnet_lite0 --pretrained  # ImageNet weights, offline: the one to use
   python train.py --model efficientnet_lite0 --pretrained --freeze-backbone --lr 3e-3 --epochs 100  # probe
   python train.py --model efficientnet_lite0 --pretrained --seed 1 --out checkpoints/lite0-1.pt  # to average
+  python train.py --model efficientnet_lite0 --pretrained --folds 5      # 5-fold cross-validation, one checkpoint
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
   python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
   python train.py --data data/isic2024 --neg-per-pos 10    # 1 malignant in 1,000: balanced epochs
@@ -27,20 +29,20 @@ import argparse
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from dataset import CustomDataset, EpochSampler, build_loaders, build_transforms, worker_count
 from helpers import distributed, resume
 from helpers.charts import draw_augmentation_grid, draw_curves
 from helpers.files import DataError, Parser, Progress, number, save_atomically, stop
-from model import build_model, head_name, normalisation, pick_device, read_checkpoint, save_checkpoint
+from model import (PRECISIONS, autocast, backbone_features, build_model, choose_precision, head_name, normalisation,
+                   pick_device, read_checkpoint, save_checkpoint)
 
 
 # --- One epoch of training -----------------------------------------------------------------------------
@@ -155,12 +157,15 @@ def roc_auc(labels, probabilities):
 
 
 def validate(model, loader, device, tta, precision, world_size):
-    """Score this process's share of the validation images, then all share theirs: the predictions and
-    their loss, AUC and accuracy (at 0.5). AUC needs both classes; without, `score` falls back to -loss."""
+    """Score this process's share of the validation images, then all share theirs: summarise()'s figures.
+    AUC needs both classes; without, the `score` that chooses the epoch falls back to -loss."""
     with autocast(precision, device):
         probabilities, labels = predict(model, loader, device, tta)
-    probabilities, labels = distributed.gather(probabilities, world_size), distributed.gather(labels, world_size)
-    # The training loss again, from the probability each validation image gave its true class.
+    return summarise(distributed.gather(probabilities, world_size), distributed.gather(labels, world_size))
+
+
+def summarise(probabilities, labels):
+    """Validation predictions with their loss (the training loss again), AUC, accuracy (at 0.5) and score."""
     loss = -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probabilities, labels)) / len(labels)
     auc = roc_auc(labels, probabilities)
     accuracy = sum((p >= 0.5) == y for p, y in zip(probabilities, labels)) / len(labels)
@@ -168,54 +173,9 @@ def validate(model, loader, device, tta, precision, world_size):
             "score": -loss if math.isnan(auc) else auc}
 
 
-# --- Precision -----------------------------------------------------------------------------------------
-# float32 is the safe default. In bfloat16 (8 bits of mantissa instead of 23, float32's range) or float16
-# a GPU's tensor cores multiply several times faster and activations take half the memory; autocast
-# runs matrix products and convolutions in 16 bits and keeps sums, softmax and the loss in float32,
-# where rounding would hurt. float16's narrow range can flush small gradients to zero, so its loss is
-# scaled up before backward and the gradients scaled back down (GradScaler); bfloat16 needs no scaling.
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def choose_precision(requested, device):
-    """'auto' is bf16 on a GPU that has it, else fp32; a CPU without bfloat16 instructions gets a warning."""
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    emulated = not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    if requested == "bf16" and device.type == "cpu" and emulated:
-        print("warning: this CPU has no bfloat16 instructions, so bf16 is emulated, far slower", file=sys.stderr)
-    return requested
-
-
-def autocast(precision, device):
-    """The context in which the model runs at this precision (for fp32: one that changes nothing)."""
-    return torch.autocast(device.type, PRECISIONS[precision], enabled=precision != "fp32")
-
-
 # --- The linear probe (--freeze-backbone) ----------------------------------------------------------------
 # A frozen pretrained backbone never changes, so each image's features are computed once and only the new
 # head trains on them, epoch after epoch: seconds on a CPU, not minutes; the price is no augmentation.
-
-@torch.inference_mode()
-def backbone_features(model, dataset, batch_size, device):
-    """Every image of the dataset through the model without its head, once: a dataset of (features, label)."""
-    name = head_name(model)
-    head = getattr(model, name)
-    setattr(model, name, nn.Identity())  # for now the model ends with its features
-    model.eval()
-    features, labels, progress = [], [], Progress("computed features of", len(dataset))
-    try:
-        for images, targets in DataLoader(dataset, batch_size):
-            features.append(model(images.to(device)).float())
-            labels.append(targets)
-            progress.update(sum(map(len, labels)))
-    finally:
-        setattr(model, name, head)
-        progress.close()
-    return TensorDataset(torch.cat(features), torch.cat(labels).to(device))
-
 
 def linear_probe(model, train_loader, val_loader, args, device):
     """(the head, which alone learns; loaders of the train and val images' features)."""
@@ -230,21 +190,44 @@ def linear_probe(model, train_loader, val_loader, args, device):
 
 # --- Saving and the command line ---------------------------------------------------------------------------
 
-def save_run(args, best, history, training_state):
+def save_run(args, out, best, history=(), training_state=None, **info):
     """The checkpoint (the best epoch's weights, what evaluate.py needs and, until the run is finished,
     the state to resume from), the log and the curves. Atomic: a crash mid-save keeps the previous files."""
     val, (mean, std) = best["val"], normalisation(args.model)
-    save_checkpoint(args.out, best["weights"], model=args.model, img_size=args.img_size, tta=args.tta,
+    save_checkpoint(out, best["weights"], model=args.model, img_size=args.img_size, tta=args.tta,
                     mean=mean, std=std, epoch=best["epoch"],
                     val_metrics={key: val[key] for key in ("auc", "loss", "accuracy")},
                     # evaluate.py chooses the decision threshold (or averages models) from these
-                    val_predictions={"isic_id": args.val_ids, "probability": val["probabilities"],
+                    val_predictions={"isic_id": val["isic_id"], "probability": val["probabilities"],
                                      "label": val["labels"]},
-                    args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "val_ids"},
-                    **({"training_state": training_state} if training_state else {}))
-    stem = str(args.out.with_suffix(""))
-    save_atomically(f"{stem}-log.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-    draw_curves(history, best["epoch"], f"{stem}-curves.png")
+                    args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    **info, **({"training_state": training_state} if training_state else {}))
+    if history:
+        stem = str(out.with_suffix(""))
+        save_atomically(f"{stem}-log.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+        draw_curves(history, best["epoch"], f"{stem}-curves.png")
+
+
+def save_cross_validated(args):
+    """One checkpoint for the models of --folds K: their weights side by side, as model.FoldEnsemble holds
+    them, and their out-of-fold predictions, every train and val image scored by the model that never
+    trained on it: evaluate.py chooses the threshold on all of them, not on one fold's few."""
+    paths = [resume.fold_path(args.out, fold) for fold in range(1, args.folds + 1)]
+    try:
+        folds = [read_checkpoint(path) for path in paths]
+    except ValueError as error:
+        stop(error)
+    weights = {f"members.{k}.{name}": tensor for k, fold in enumerate(folds)
+               for name, tensor in fold["state_dict"].items()}
+    # Sorted by image: runs with other seeds (other folds) then list the same images in the same order.
+    ids, probabilities, labels = zip(*sorted(row for fold in folds for row in zip(*(
+        fold["val_predictions"][key] for key in ("isic_id", "probability", "label")))))
+    val = {"isic_id": list(ids), **summarise(list(probabilities), list(labels))}
+    save_run(args, args.out, {"epoch": [fold["epoch"] for fold in folds], "weights": weights, "val": val},
+             folds=args.folds)
+    for path in paths:  # now inside the one checkpoint
+        path.unlink()
+    print(f"{args.folds} folds, out-of-fold AUC {val['auc']:.3f} on {len(ids)} images, saved to {args.out}")
 
 
 def parse_arguments():
@@ -261,19 +244,18 @@ def parse_arguments():
     parser.add_argument("--weight-decay", type=number(float, 0), default=1e-4)
     parser.add_argument("--img-size", type=number(int, 32), default=128,
                         help="image side in pixels, at least 32; 128 keeps a CPU fast, 224 is ResNet's native size")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="score each validation (and test) image as the mean over its 8 flips and quarter "
-                             "turns (default on, as it measured best; off with --freeze-backbone)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="score each val and test "
+                        "image as the mean over its 8 flips and quarter turns (default: on, but for a probe)")
     parser.add_argument("--loss", choices=("cross-entropy", "focal"), default="cross-entropy")
     parser.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     parser.add_argument("--balanced-sampler", action="store_true", help="draw each class equally often")
-    parser.add_argument("--neg-per-pos", type=number(int, 1), default=None, metavar="K",
-                        help="each epoch, every malignant training image and K times as many benign ones, drawn "
-                             "afresh (for heavy imbalance such as ISIC 2024's 1:1000)")
-    parser.add_argument("--freeze-backbone", action="store_true",
-                        help="with --pretrained: a linear probe; compute each image's features once, train only "
-                             "the head on them (seconds on a CPU; no augmentation)")
+    parser.add_argument("--neg-per-pos", type=number(int, 1), default=None, metavar="K", help="each epoch, every "
+                        "malignant image and K times as many benign ones, drawn afresh (for ISIC 2024's 1:1000)")
+    parser.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: a linear probe, the "
+                        "head trained on each image's features, computed once (seconds on a CPU; no augmentation)")
     parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
+    parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
+                        "each validated on a K-th of the train and val images, in one checkpoint that averages them")
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="processes that load images (default: see dataset.worker_count)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -304,41 +286,40 @@ def parse_arguments():
     return args, interrupted
 
 
-def build_data_and_model(args, precision, rank, world_size, device):
+def build_data_and_model(args, fold, precision, rank, world_size, device):
     """The loaders and the model; what learns (the whole model, or with --freeze-backbone only its head);
     the training labels. Draws what the model sees beside the checkpoint."""
     mean, std = normalisation(args.model)  # what the pretrained weights expect
     train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, mean, std,
                                              args.balanced_sampler, args.workers, args.seed, args.neg_per_pos,
-                                             rank, world_size)
+                                             rank, world_size, fold, args.folds)
     model = build_model(args.model, args.pretrained).to(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if rank == 0 and (fold or 1) == 1:
         draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std),
                                args.out.with_name(f"{args.out.stem}-augmentations.png"), mean, std, seed=args.seed)
     train_labels = torch.tensor(train_loader.dataset.labels)
-    args.val_ids = distributed.gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
+    val_ids = distributed.gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
     learner = model
     if args.freeze_backbone:
         learner, train_loader, val_loader = linear_probe(model, train_loader, val_loader, args, device)
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}"
           f"{f' x {world_size} processes' if world_size > 1 else ''}, {precision}; {len(train_labels)} training "
-          f"images ({int(train_labels.sum())} malignant), {len(args.val_ids)} validation images; "
+          f"images ({int(train_labels.sum())} malignant), {len(val_ids)} validation images; "
           f"{len(train_loader.sampler) * world_size} training images per epoch")
-    return model, learner, train_loader, val_loader, train_labels
+    return model, learner, train_loader, val_loader, train_labels, val_ids
 
 
-def main():
-    args, interrupted = parse_arguments()
-    rank, world_size, device = distributed.start(pick_device(args.device))
+
+def fit(args, fold, interrupted, precision, rank, world_size, device):
+    """Train one model (with --folds, that of fold number `fold`), saved after every epoch."""
+    out = resume.fold_path(args.out, fold)
     # Same seed, same data -> same initial weights, same batches, same augmentations, same result.
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    args.workers = worker_count(args.workers, device)
     try:
-        precision = choose_precision(args.precision, device)
-        model, learner, train_loader, val_loader, train_labels = build_data_and_model(args, precision, rank,
-                                                                                      world_size, device)
+        model, learner, train_loader, val_loader, train_labels, val_ids = build_data_and_model(
+            args, fold, precision, rank, world_size, device)
     except (DataError, ValueError, RuntimeError) as error:
         stop(error)
 
@@ -353,7 +334,6 @@ def main():
         best, history = resume.restore(interrupted, model, optimizer, scheduler, train_loader.generator)
     wrapped = distributed.wrap(learner, device, world_size)
 
-    resume.stop_on_sigterm()
     saved_epoch = len(history)
     try:
         for epoch in range(len(history) + 1, args.epochs + 1):
@@ -364,7 +344,7 @@ def main():
             train_loss = distributed.mean_over_processes(train_loss, world_size, device)
             distributed.share_batch_norm_statistics(model, world_size)
             images_per_second = seen * world_size / (time.time() - started)
-            val = validate(learner, val_loader, device, args.tta, precision, world_size)
+            val = {"isic_id": val_ids, **validate(learner, val_loader, device, args.tta, precision, world_size)}
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                             "val_accuracy": val["accuracy"], "val_auc": val["auc"], "seconds": time.time() - started,
                             "images_per_second": images_per_second, "lr": scheduler.get_last_lr()[0]})
@@ -377,20 +357,42 @@ def main():
                 best = {"epoch": epoch, "score": val["score"], "weights": weights, "val": val}
             finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
             if rank == 0:  # the other processes hold the same weights and metrics: one copy is written
-                save_run(args, best, history, None if finished else {
+                save_run(args, out, best, history, None if finished else {
                     "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "random": resume.random_state(train_loader.generator), "history": history,
-                    "best": {key: value for key, value in best.items() if key != "weights"}})
+                    "best": {key: value for key, value in best.items() if key != "weights"}},
+                    **({"fold": fold} if fold else {}))
                 saved_epoch = epoch
             if finished:
                 if epoch < args.epochs:
                     print(f"no improvement for {args.patience} epochs: stopping early")
                 break
     except KeyboardInterrupt:
-        resume.say_how_to_resume(saved_epoch, args.out)
+        resume.say_how_to_resume(saved_epoch, args.out, fold)
     except DataError as error:  # an image that went missing or bad since prepare_data.py checked it
         stop(error)
-    print(f"best epoch {best['epoch']} (val AUC {best['val']['auc']:.3f}) saved to {args.out}")
+    print(f"best epoch {best['epoch']} (val AUC {best['val']['auc']:.3f}) saved to {out}")
+
+
+def main():
+    args, interrupted = parse_arguments()
+    rank, world_size, device = distributed.start(pick_device(args.device))
+    args.workers = worker_count(args.workers, device)
+    try:
+        precision = choose_precision(args.precision, device)
+    except ValueError as error:
+        stop(error)
+    resume.stop_on_sigterm()
+    if args.folds == 1:
+        fit(args, None, interrupted, precision, rank, world_size, device)
+    else:  # cross-validation: a model per fold (resumed in the fold it stopped in), then one checkpoint for all
+        carry_on = interrupted if interrupted and "training_state" in interrupted else None
+        resumed = interrupted["fold"] + (carry_on is None) if interrupted else 1
+        for fold in range(resumed, args.folds + 1):
+            print(f"fold {fold} of {args.folds}")
+            fit(args, fold, carry_on if fold == resumed else None, precision, rank, world_size, device)
+        if rank == 0:
+            save_cross_validated(args)
     distributed.finish(world_size)
 
 

@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 from dataset import (CustomDataset, build_loaders, build_transforms, loader_options, read_labels,  # noqa: E402
                      read_split, worker_count)
 from helpers.images import load_image  # noqa: E402
-from model import build_model, normalisation, pick_device  # noqa: E402
-from train import autocast, choose_precision, dihedral_views, predict, train_one_epoch  # noqa: E402
+from model import autocast, build_model, choose_precision, normalisation, pick_device  # noqa: E402
+from train import dihedral_views, predict, train_one_epoch  # noqa: E402
 
 
 # --- The reference: the transfer-learning tutorial's way -----------------------------------------------

@@ -14,14 +14,20 @@ import torch
 
 def arguments_to_resume(args, interrupted, parser):
     """The interrupted run's arguments, except where this machine may differ (device; workers if given).
-    `interrupted` is the run's checkpoint; a finished run has nothing to resume (exit 2)."""
-    if "training_state" not in interrupted:
+    `interrupted` is the run's checkpoint; a finished run has nothing to resume (exit 2), unless it is one
+    fold of a cross-validated run (train.py --folds), which then carries on with the next fold."""
+    if "training_state" not in interrupted and "fold" not in interrupted:
         parser.exit(2, f"error: the run in {args.resume} finished (best epoch {interrupted['epoch']}); "
                        "nothing to resume\n")
     workers = interrupted["args"]["workers"] if args.workers is None else args.workers
     defaults = vars(parser.parse_args([]))  # for options added since that run
     return argparse.Namespace(**{**defaults, **interrupted["args"], "resume": args.resume, "device": args.device,
                                  "workers": workers})
+
+
+def fold_path(out, fold):
+    """Where one fold's model is saved while a cross-validated run goes on (the run's own path if no folds)."""
+    return out.with_name(f"{out.stem}-fold{fold}{out.suffix}") if fold else out
 
 
 def random_state(generator):
@@ -54,9 +60,12 @@ def stop_on_sigterm():
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def say_how_to_resume(saved_epoch, checkpoint):
-    """After Ctrl-C or SIGTERM: what was saved and the command that carries on; exit code 130, as a shell's."""
-    saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {checkpoint}"
-             if saved_epoch else "nothing saved yet")
+def say_how_to_resume(saved_epoch, out, fold=None):
+    """After Ctrl-C or SIGTERM: what was saved and the command that carries on; exit code 130, as a shell's.
+    In a cross-validated run that saved nothing of this fold yet, the previous fold's checkpoint carries on."""
+    checkpoint, previous_fold = fold_path(out, fold), fold_path(out, fold - 1) if fold and fold > 1 else None
+    saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {checkpoint}" if saved_epoch
+             else f"the folds before are saved; continue with: python train.py --resume {previous_fold}"
+             if previous_fold else "nothing saved yet")
     print(f"\ninterrupted; {saved}", flush=True)
     raise SystemExit(130) from None

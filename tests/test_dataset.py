@@ -6,7 +6,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import make_image
-from dataset import EpochSampler, build_loaders, build_transforms, CustomDataset, read_split
+from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, cross_validation_folds, read_split,
+                     train_and_val)
 from helpers.files import DataError
 from helpers.images import load_image
 
@@ -165,3 +166,34 @@ def test_worker_processes_also_work_when_started_by_spawn(tmp_path):
     loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn")
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 16, 16) and labels.tolist() == dataset.labels[:4]
+
+
+def test_cross_validation_folds_keep_lesions_whole_and_share_each_class():
+    # Two folds. Benign groups of 3, 2, 1 and 1 images, dealt biggest first to the emptier fold: 3 -> fold 0,
+    # 2 -> fold 1, then the two single images one to each (3 + 1 and 2 + 1). Malignant groups of 2, 1 and 1:
+    # 2 -> fold 0, both singles -> fold 1. A group with one malignant image is a malignant group.
+    groups = ["b3"] * 3 + ["b2"] * 2 + ["b1", "c1"] + ["m2", "m2", "m1", "n1"]
+    labels = [0] * 7 + [1, 0, 1, 1]
+    table = pd.DataFrame({"isic_id": [f"id{i}" for i in range(11)], "group": groups, "label": labels})
+    for seed in range(5):
+        folds = cross_validation_folds(table, 2, seed)
+        fold_of = dict(zip(groups, folds))
+        assert all(fold == fold_of[group] for group, fold in zip(groups, folds))  # no lesion split in two
+        assert fold_of["b3"] == fold_of["m2"] == 0 and fold_of["b2"] == fold_of["m1"] == fold_of["n1"] == 1
+        assert {fold_of["b1"], fold_of["c1"]} == {0, 1}
+    assert list(cross_validation_folds(table, 2, 7)) == list(cross_validation_folds(table, 2, 7))
+
+
+def test_each_fold_validates_on_its_own_share_of_train_and_val(tmp_path):
+    make_labels(tmp_path, 30, 6)  # 24 train, 12 val images, each its own group
+    train_val = set(read_split(tmp_path, "train")["isic_id"]) | set(read_split(tmp_path, "val")["isic_id"])
+    validated = []
+    for fold in (1, 2, 3):
+        train, val = train_and_val(tmp_path, fold, 3, seed=0)
+        assert not set(train["isic_id"]) & set(val["isic_id"])
+        assert set(train["isic_id"]) | set(val["isic_id"]) == train_val
+        assert len(val) == 12 and val["label"].sum() == 2  # a third of each class
+        validated += val["isic_id"].tolist()
+    assert sorted(validated) == sorted(train_val)  # every image validated once
+    with pytest.raises(DataError, match="7 folds need both classes in every fold, but .* fill only 6; use fewer"):
+        train_and_val(tmp_path, 1, 7)  # 6 malignant images

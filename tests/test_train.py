@@ -4,11 +4,12 @@ import math
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import evaluate
 import train
 from conftest import run_main
-from dataset import CustomDataset, build_transforms, read_split
+from dataset import CustomDataset, build_transforms, cross_validation_folds, read_split
 from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
 
@@ -224,3 +225,52 @@ def test_bfloat16_learns_as_float32_does_and_float16_needs_a_gpu(synthetic_data,
         code = run_main(train, "--data", synthetic_data, "--precision", "fp16", "--out", tmp_path / "x.pt",
                         monkeypatch=monkeypatch)
         assert code == 2 and "--precision fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_cross_validation_saves_one_checkpoint_scored_out_of_fold(synthetic_data, tmp_path, monkeypatch):
+    out = tmp_path / "cv.pt"
+    assert run_main(train, "--data", synthetic_data, "--img-size", 32, "--epochs", 2, "--folds", 3, "--out", out,
+                    monkeypatch=monkeypatch) == 0
+    assert sorted(path.name for path in tmp_path.glob("*.pt")) == ["cv.pt"]  # the folds' files are inside it
+    model, info = load_checkpoint(out)
+    assert info["folds"] == 3 and len(info["epoch"]) == 3 and len(model.members) == 3
+    # Out of fold: every train and val image once, each scored by the one model that did not train on it.
+    pool = pd.concat([read_split(synthetic_data, "train"), read_split(synthetic_data, "val")], ignore_index=True)
+    val = info["val_predictions"]
+    assert val["isic_id"] == sorted(pool["isic_id"])
+    fold_of = dict(zip(pool["isic_id"], cross_validation_folds(pool, 3, seed=0)))
+    pool = pool.set_index("isic_id").loc[val["isic_id"]].reset_index()
+    loader = DataLoader(CustomDataset(pool, evaluate.evaluation_transform(info)), batch_size=64)
+    by_member = [train.predict(member, loader, "cpu", tta=True)[0] for member in model.members]
+    for i, (image, probability) in enumerate(zip(val["isic_id"], val["probability"])):
+        assert probability == pytest.approx(by_member[fold_of[image]][i], abs=1e-6)
+    assert val["label"] == pool["label"].tolist()
+    assert info["val_metrics"]["auc"] == pytest.approx(train.roc_auc(val["label"], val["probability"]))
+    # At test time, the mean of the three models' probabilities.
+    ensemble, _ = train.predict(model, loader, "cpu", tta=True)
+    assert ensemble == pytest.approx([sum(p) / 3 for p in zip(*by_member)], abs=1e-6)
+    assert evaluate.pick_threshold([info], [out]) == evaluate.choose_threshold(val["label"], val["probability"])
+
+
+def test_cross_validation_interrupted_between_folds_carries_on(synthetic_data, tmp_path, monkeypatch, capsys):
+    options = ["--data", synthetic_data, "--img-size", 32, "--epochs", 2, "--folds", 2, "--workers", 0]
+    assert run_main(train, *options, "--out", tmp_path / "whole.pt", monkeypatch=monkeypatch) == 0
+    epochs = []
+
+    def interrupted_in_fold_two(*args, **kwargs):  # Ctrl-C in the first epoch of fold 2
+        epochs.append(1)
+        if len(epochs) == 3:
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    train_one_epoch = train.train_one_epoch
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_fold_two)
+    assert run_main(train, *options, "--out", tmp_path / "cut.pt", monkeypatch=monkeypatch) == 130
+    assert f"continue with: python train.py --resume {tmp_path / 'cut-fold1.pt'}" in capsys.readouterr().out
+    monkeypatch.setattr(train, "train_one_epoch", train_one_epoch)
+    assert run_main(train, "--resume", tmp_path / "cut-fold1.pt", monkeypatch=monkeypatch) == 0
+    assert "fold 1 of 2" not in capsys.readouterr().out  # not trained again
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("whole.pt", "cut.pt"))
+    assert a["val_predictions"] == b["val_predictions"] and a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
