@@ -15,8 +15,7 @@ and, over all thresholds at once:
 The threshold is chosen on the validation images' predictions that the checkpoint carries: the one
 with the best balanced accuracy, or with --target-sensitivity the highest that catches that share of
 malignant lesions. Thresholds do not travel well to another clinic's images: --threshold-from chooses
-it on a few dozen of that clinic's own labelled images instead (and --batch-norm-from measures the
-batch-norm statistics again on its images, labels unused). Writes OUT/metrics.json,
+it on a few dozen of that clinic's own labelled images instead. Writes OUT/metrics.json,
 OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png (where the model
 looked, on its most confident hits and misses).
 
@@ -33,8 +32,6 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count
@@ -141,26 +138,6 @@ def pick_threshold(checkpoints, names, target_sensitivity=None):
     return choose_threshold(validations[0]["label"], mean, target_sensitivity)
 
 
-# --- Another collection's batch-norm statistics (--batch-norm-from) ------------------------------------------
-# Batch norm normalises each channel with a mean and variance measured on the training images. Another
-# clinic's cameras and light shift them; measured again on its own images (their labels unused), its
-# features come back to where the trained layers expect them: AdaBN (Li et al., 2016, arXiv:1603.04779).
-
-@torch.no_grad()
-def adapt_batch_norm(members, table, batch_size, workers, device):
-    """Re-estimate every batch-norm layer's statistics on the table's images, in place."""
-    for model, info in members:
-        for layer in model.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                layer.reset_running_stats()
-                layer.momentum = None  # a plain mean over all batches, not a moving average
-        model.train()  # batch norm measures the batches it sees (dropout is on too, but changes no statistics)
-        loader = DataLoader(CustomDataset(table, evaluation_transform(info)), batch_size, **loader_options(workers))
-        for images, _ in loader:
-            model(images.to(device))
-        model.eval()
-
-
 # --- Reporting ---------------------------------------------------------------------------------------------
 
 def print_report(metrics, at_half):
@@ -218,9 +195,6 @@ def parse_arguments():
     parser.add_argument("--threshold-from", default=None, metavar="DATA",
                         help="choose the threshold on every labelled image of this prepared folder instead: for a "
                              "new clinic, a few dozen of its own images (scored by the same models)")
-    parser.add_argument("--batch-norm-from", default=None, metavar="DATA",
-                        help="first re-estimate the batch-norm statistics on every image of this prepared folder, "
-                             "labels unused: for a new collection, its own images")
     parser.add_argument("--batch-size", type=number(int, 1), default=64)
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="DataLoader worker processes (default: as train.py chooses them)")
@@ -234,8 +208,6 @@ def main():
     try:
         members = [load_checkpoint(path, device) for path in args.checkpoints]
         threshold = pick_threshold([info for _, info in members], args.checkpoints, args.target_sensitivity)
-        if args.batch_norm_from:  # a new collection's own statistics (then its threshold too, ideally)
-            adapt_batch_norm(members, read_labels(args.batch_norm_from), args.batch_size, 0, device)
         if args.threshold_from:  # thresholds do not travel: a new clinic sets its own on its own images
             probabilities, labels = score(members, read_labels(args.threshold_from), args.batch_size, 0, device)
             threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
@@ -257,8 +229,7 @@ def main():
     print_report(metrics, at_half)
     report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoints": args.checkpoints,
               "models": [info["model"] for _, info in members], "data": str(data), "split": args.split,
-              "target_sensitivity": args.target_sensitivity, "threshold_from": args.threshold_from,
-              "batch_norm_from": args.batch_norm_from}
+              "target_sensitivity": args.target_sensitivity, "threshold_from": args.threshold_from}
     write_report(out, report, metrics, table, probabilities, labels)
     model, checkpoint = members[0]  # the one whose Grad-CAM is drawn
     draw_grad_cam_gallery(model, CustomDataset(table, evaluation_transform(checkpoint)), probabilities, labels,

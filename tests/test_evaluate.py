@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import evaluate
 import train
-from conftest import make_image, run_main
+from conftest import run_main
 from train import dihedral_views, predict
 
 
@@ -167,22 +167,3 @@ def test_a_new_clinic_sets_its_threshold_on_its_own_images(trained_baseline, tmp
     assert min(abs(rechosen - p) for p in scored["probability_malignant"]) < 1e-9  # one of the clinic's scores
     assert balanced_accuracy(rechosen - 1e-12) == pytest.approx(best)
     assert rechosen != own_threshold  # chosen on other images than the checkpoint's validation ones
-
-
-def test_batch_norm_statistics_measured_again_on_another_collection(tmp_path):
-    # Two flat images, (0.2, 0.4, 0.6) and (0.6, 0.8, 1.0) as floats: per channel the mean is their mean, and
-    # in one batch of both the variance is ((0.6 - 0.2) / 2)^2 = 0.04 (unbiased: over 2 x 8 x 8 pixels).
-    paths = [make_image(tmp_path / f"{i}.png", colour, size=(8, 8))
-             for i, colour in enumerate([(51, 102, 153), (153, 204, 255)])]
-    table = pd.DataFrame({"load_path": map(str, paths), "label": [0, 1], "isic_id": ["a", "b"]})
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)).eval()
-    with torch.no_grad():
-        model[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-        model[0].bias.zero_()
-    model[1].running_mean.fill_(5.0)  # statistics of the training images: forgotten, not blended in
-    model[1].num_batches_tracked.fill_(100)
-    info = {"img_size": 8, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-    evaluate.adapt_batch_norm([(model, info)], table, batch_size=2, workers=0, device="cpu")
-    assert not model.training
-    assert model[1].running_mean.tolist() == pytest.approx([0.4, 0.6, 0.8], abs=1e-3)
-    assert model[1].running_var.tolist() == pytest.approx([0.04 * 128 / 127] * 3, abs=1e-3)
