@@ -10,8 +10,8 @@ With --pretrained a model starts from ImageNet weights: edges, textures and shap
 million photos, which is what a few hundred dermoscopy images cannot teach from scratch.
 
 All output two logits per image (benign, malignant); softmax turns them into probabilities. Also here:
-freezing a pretrained model's early layers, the models of a cross-validated run as one, the checkpoint
-file, and where and at what precision a model runs.
+the models of a cross-validated run as one, the checkpoint file, and where and at what precision a
+model runs.
 
 Example (prints each model's size):
   python model.py
@@ -168,9 +168,8 @@ def normalisation(name):
     return (LITE_MEAN, LITE_STD) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def build_model(name, pretrained=False, frozen_stages=0):
-    """The one place train.py and evaluate.py get a model from. 'resnet' means resnet18. With frozen_stages,
-    the stem and that many stages of a pretrained backbone keep their ImageNet weights (see freeze)."""
+def build_model(name, pretrained=False):
+    """The one place train.py and evaluate.py get a model from. 'resnet' means resnet18."""
     name = "resnet18" if name == "resnet" else name
     if name == "baseline":
         if pretrained:
@@ -182,28 +181,11 @@ def build_model(name, pretrained=False, frozen_stages=0):
         model = resnet(int(name.removeprefix("resnet")), pretrained)
     else:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)} (or 'resnet')")
-    if frozen_stages:
-        freeze(model, frozen_stages, pretrained)
     # channels_last stores each pixel's channels side by side (NHWC) instead of one whole plane per
     # channel (NCHW): the layout that the fast convolution kernels of CPUs (oneDNN) and GPUs (cuDNN) read
     # best. Same numbers, up to rounding; on this project's 2-core CPU it makes EfficientNet-Lite0's
     # training step 1.7x faster (for ResNet-18 and the baseline, no gain beyond noise: see docs/SPEED.md).
     return model.to(memory_format=torch.channels_last)
-
-
-def freeze(model, stages, pretrained):
-    """Stop training the stem and the first `stages` stages (ResNet: layer1 to layer4; EfficientNet-Lite0:
-    LITE0_STAGES). Their edge and texture detectors suit any photo and have the most to lose from a few
-    hundred labels; and at full resolution they cost the most to train: no gradient flows back into them."""
-    if not pretrained or isinstance(model, BaselineCNN):
-        raise ValueError("only pretrained layers are worth freezing: add --pretrained (ResNet or EfficientNet)")
-    if isinstance(model, EfficientNetLite0):
-        blocks = sum(repeats for repeats, *_ in LITE0_STAGES[:stages])
-        layers = [model._conv_stem, model._bn0, *model._blocks[:blocks]]
-    else:
-        layers = [model.conv1, model.bn1, model.layer1, model.layer2, model.layer3, model.layer4][:2 + stages]
-    for parameter in nn.ModuleList(layers).parameters():
-        parameter.requires_grad_(False)
 
 
 class FoldEnsemble(nn.Module):

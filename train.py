@@ -254,8 +254,6 @@ def parse_arguments():
     parser.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: a linear probe, the "
                         "head trained on each image's features, computed once (seconds on a CPU; no augmentation)")
     parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
-    parser.add_argument("--freeze-stages", type=number(int, 0, 7), default=0, metavar="N",
-                        help="with --pretrained: the stem and first N stages keep their ImageNet weights")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
     parser.add_argument("--workers", type=number(int, 0), default=None,
@@ -295,7 +293,7 @@ def build_data_and_model(args, fold, precision, rank, world_size, device):
     train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, mean, std,
                                              args.balanced_sampler, args.workers, args.seed, args.neg_per_pos,
                                              rank, world_size, fold, args.folds)
-    model = build_model(args.model, args.pretrained, args.freeze_stages).to(device)
+    model = build_model(args.model, args.pretrained).to(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if rank == 0 and (fold or 1) == 1:
         draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std),

@@ -68,7 +68,6 @@ RECIPES = {
     "budget-lite0-x3": ("budget", LITE0, 3),
     "budget-lite0-224": ("budget", [*LITE0, "--img-size", "224"], 1),
     "budget-lite0-folds5": ("budget", [*LITE0, "--folds", "5"], 1),
-    "budget-lite0-freeze4": ("budget", [*LITE0, "--freeze-stages", "4"], 1),
 }
 SPLITS = ("val", "test", "UDA")
 BUDGET_SPLITS = ("dev", "test", "UDA")

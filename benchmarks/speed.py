@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from dataset import (CustomDataset, build_loaders, build_transforms, loader_options, read_labels,  # noqa: E402
                      read_split, worker_count)
 from helpers.images import load_image  # noqa: E402
-from model import autocast, build_model, choose_precision, freeze, normalisation, pick_device  # noqa: E402
+from model import autocast, build_model, choose_precision, normalisation, pick_device  # noqa: E402
 from train import dihedral_views, predict, train_one_epoch  # noqa: E402
 
 
@@ -191,14 +191,11 @@ def machine_figures(data, models, sizes, batch_size, work, device):
                   f"({last / nchw:.2f}x)")
 
 
-def measure_ours(name, train_set, eval_set, make_loader, images, device, frozen_stages=0):
-    """Training as train.py runs it (with frozen_stages, as --freeze-stages N trains), and train.py's predict(),
-    which evaluate.py uses too."""
+def measure_ours(name, train_set, eval_set, make_loader, images, device):
+    """Training as train.py runs it, and train.py's predict(), which evaluate.py uses too."""
     torch.manual_seed(0)
     precision = choose_precision("auto", device)
     model = build_model(name).to(device)
-    if frozen_stages:  # random weights here, but what is frozen is as train.py freezes pretrained ones
-        freeze(model, frozen_stages, pretrained=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -225,7 +222,7 @@ def measure_reference(name, cached_set, original_set, eval_set, make_loader, bat
             "eval ref": timed(lambda: reference_eval(model, make_loader(eval_set), device), images, device)[0]}
 
 
-def epoch_split(name, size, data, batch_size, workers, device, frozen_stages=0):
+def epoch_split(name, size, data, batch_size, workers, device):
     """Where one epoch of train.py's goes: waiting for the next batch (loading and augmentation), the forward
     pass and loss, the backward pass, the optimizer step; then validation, with and without TTA. Seconds
     per image of each part, from a second epoch (the first starts workers and chooses kernels)."""
@@ -234,8 +231,6 @@ def epoch_split(name, size, data, batch_size, workers, device, frozen_stages=0):
     train_loader, val_loader = build_loaders(data, size, batch_size, mean, std, workers=workers)
     precision = choose_precision("auto", device)
     model = build_model(name).to(device)
-    if frozen_stages:
-        freeze(model, frozen_stages, pretrained=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     for epoch in (1, 2):
         parts, seen = dict.fromkeys(("loading", "forward", "backward", "optimizer"), 0.0), 0
@@ -315,7 +310,7 @@ def batch_size_figures(name, size, device, compile_too=False):
               f"{1000 / rate:.1f} ms per image at batch 32")
 
 
-def measure(name, size, data, count, batch_size, workers, device, frozen_stages=0):
+def measure(name, size, data, count, batch_size, workers, device):
     mean, std = normalisation(name)
     table = read_labels(data)
     table = table[table["split"] == "train"].head(count)
@@ -336,14 +331,14 @@ def measure(name, size, data, count, batch_size, workers, device, frozen_stages=
         return DataLoader(dataset, batch_size, shuffle=True, drop_last=True)
 
     images = len(table) // batch_size * batch_size
-    row = {"model": name + (f" ({frozen_stages} frozen)" if frozen_stages else ""), "size": size, "images": images}
+    row = {"model": name, "size": size, "images": images}
     # Loading alone.
     load_loader = ours_loader(ours_set)
     reference_load(load_loader)  # starts the persistent workers, if any
     row["load ours"], _ = timed(lambda: reference_load(load_loader), images, device)
     row["load ref"], _ = timed(lambda: reference_load(reference_loader(original_ref)), images, device)
 
-    row.update(measure_ours(name, ours_set, ours_eval_set, ours_loader, images, device, frozen_stages))
+    row.update(measure_ours(name, ours_set, ours_eval_set, ours_loader, images, device))
     row.update(measure_reference(name, cached_ref, original_ref, eval_ref, reference_loader, batch_size, images,
                                  device))
     for what in ("load", "train", "eval"):
@@ -434,8 +429,6 @@ def main():
                         help="only print where a training epoch and validation go, part by part, for each model, "
                              "and what inference and a training step cost by batch size")
     parser.add_argument("--compile", action="store_true", help="with --split: time torch.compile's training step")
-    parser.add_argument("--freeze-stages", type=int, default=0, metavar="N", help="train ours as train.py "
-                        "--freeze-stages N does (the reference trains every layer, as the tutorial does)")
     parser.add_argument("--big-table", action="store_true", help="only time prepare_data.py on a generated "
                                                                  "ISIC 2024-size table")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted after)")
@@ -470,7 +463,7 @@ def main():
         if args.split:
             for name in args.models:
                 for size in args.sizes:
-                    epoch_split(name, size, data, args.batch_size, args.workers, device, args.freeze_stages)
+                    epoch_split(name, size, data, args.batch_size, args.workers, device)
                     batch_size_figures(name, size, device, args.compile)
             return
         machine_figures(data, args.models, args.sizes, args.batch_size, work, device)
@@ -479,8 +472,7 @@ def main():
         rows = []
         for name in args.models:
             for size in args.sizes:
-                rows.append(measure(name, size, data, args.images, args.batch_size, args.workers, device,
-                                    args.freeze_stages))
+                rows.append(measure(name, size, data, args.images, args.batch_size, args.workers, device))
                 print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
         table = pd.DataFrame(rows)
         print("\nimages/s (memory in MB), ours against the reference loop (ref), and ours / ref:")

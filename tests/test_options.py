@@ -19,7 +19,6 @@ BAD_NUMBERS = [
     (train, ["--neg-per-pos"], ["--neg-per-pos", "0"]),
     (train, ["--weight-decay"], ["--weight-decay", "-1"]),
     (train, ["--folds"], ["--folds", "0"]),
-    (train, ["--freeze-stages"], ["--freeze-stages", "8"]),
     (evaluate, ["--batch-size"], ["absent.pt", "--batch-size", "0"]),
     (evaluate, ["--target-sensitivity"], ["absent.pt", "--target-sensitivity", "1.5"]),
     (prepare_data, ["--val-fraction"], ["--val-fraction", "1.2"]),

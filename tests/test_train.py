@@ -10,7 +10,7 @@ import evaluate
 import train
 from conftest import run_main
 from dataset import CustomDataset, build_transforms, cross_validation_folds, read_split
-from model import IMAGENET_MEAN, IMAGENET_STD, build_model, freeze, load_checkpoint
+from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
 
 def test_baseline_learns_the_synthetic_set(trained_baseline):
@@ -277,24 +277,3 @@ def test_cross_validation_interrupted_between_folds_carries_on(synthetic_data, t
     assert a["val_predictions"] == b["val_predictions"] and a["epoch"] == b["epoch"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-
-
-def test_frozen_stages_keep_their_imagenet_weights(synthetic_data, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "frozen.pt"
-    assert run_main(train, "--data", synthetic_data, "--model", "efficientnet_lite0", "--pretrained",
-                    "--freeze-stages", 2, "--img-size", 32, "--epochs", 1, "--out", out, monkeypatch=monkeypatch) == 0
-    before = build_model("efficientnet_lite0", pretrained=True).state_dict()
-    after = torch.load(out, weights_only=True)["state_dict"]
-    # Stages 1 and 2 of LITE0_STAGES are blocks 0 to 2: they and the stem keep their weights; block 3 learns.
-    for name, parameter in build_model("efficientnet_lite0").named_parameters():
-        frozen = name.startswith(("_conv_stem", "_bn0", "_blocks.0.", "_blocks.1.", "_blocks.2."))
-        assert torch.equal(before[name], after[name]) == frozen, name
-    assert run_main(train, "--data", synthetic_data, "--freeze-stages", 1, "--out", out, monkeypatch=monkeypatch) == 2
-    assert "only pretrained layers are worth freezing: add --pretrained" in capsys.readouterr().err
-
-
-def test_a_resnet_freezes_its_stem_and_first_layers():
-    model = build_model("resnet18")  # built without weights here: freeze() is told they are pretrained
-    freeze(model, 2, pretrained=True)
-    assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"layer3", "layer4", "fc"}
-    assert all(p.requires_grad for p in build_model("resnet18").parameters())
