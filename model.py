@@ -266,9 +266,8 @@ def read_checkpoint(path, device="cpu"):
 def load_checkpoint(path, device="cpu"):
     """(model ready for inference, the checkpoint's other entries); ValueError naming the file if unusable."""
     checkpoint = read_checkpoint(path, device)
-    model = build_model(checkpoint["model"])
-    if checkpoint.get("folds", 1) > 1:
-        model = FoldEnsemble([model, *(build_model(checkpoint["model"]) for _ in range(checkpoint["folds"] - 1))])
+    name, folds = checkpoint["model"], checkpoint.get("folds", 1)
+    model = build_model(name) if folds == 1 else FoldEnsemble([build_model(name) for _ in range(folds)])
     try:
         model.load_state_dict(checkpoint.pop("state_dict"))
     except RuntimeError:

@@ -295,7 +295,7 @@ def build_data_and_model(args, fold, precision, rank, world_size, device):
                                              rank, world_size, fold, args.folds)
     model = build_model(args.model, args.pretrained).to(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and (fold or 1) == 1:
+    if rank == 0 and fold in (None, 1):  # one picture for all folds
         draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std),
                                args.out.with_name(f"{args.out.stem}-augmentations.png"), mean, std, seed=args.seed)
     train_labels = torch.tensor(train_loader.dataset.labels)
