@@ -4,7 +4,7 @@ For each model and image size it measures, in this process and on the same image
   load   decode + augment only (no model): ours reads prepare_data.py's resized copies with worker
          processes; the reference decodes the original file every time, in the training process;
   train  the whole training step, loading included: ours is train.py's own train_one_epoch (channels_last,
-         workers, --precision auto); the reference is the loop of the PyTorch transfer-learning tutorial
+         workers, --precision: auto unless given); the reference is the loop of the PyTorch transfer-learning tutorial
          (float32, default memory layout, DataLoader defaults), once on the same resized copies
          ("train") and once on the originals ("epoch": what a reference epoch really costs).
          Both apply the same augmentations (dataset.py's), so the ratios measure the engineering alone;
@@ -191,10 +191,9 @@ def machine_figures(data, models, sizes, batch_size, work, device):
                   f"({last / nchw:.2f}x)")
 
 
-def measure_ours(name, train_set, eval_set, make_loader, images, device):
+def measure_ours(name, train_set, eval_set, make_loader, images, device, precision):
     """Training as train.py runs it, and train.py's predict(), which evaluate.py uses too."""
     torch.manual_seed(0)
-    precision = choose_precision("auto", device)
     model = build_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
@@ -222,14 +221,13 @@ def measure_reference(name, cached_set, original_set, eval_set, make_loader, bat
             "eval ref": timed(lambda: reference_eval(model, make_loader(eval_set), device), images, device)[0]}
 
 
-def epoch_split(name, size, data, batch_size, workers, device):
+def epoch_split(name, size, data, batch_size, workers, device, precision):
     """Where one epoch of train.py's goes: waiting for the next batch (loading and augmentation), the forward
     pass and loss, the backward pass, the optimizer step; then validation, with and without TTA. Seconds
     per image of each part, from a second epoch (the first starts workers and chooses kernels)."""
     torch.manual_seed(0)
     mean, std = normalisation(name)
     train_loader, val_loader = build_loaders(data, size, batch_size, mean, std, workers=workers)
-    precision = choose_precision("auto", device)
     model = build_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     for epoch in (1, 2):
@@ -258,6 +256,7 @@ def epoch_split(name, size, data, batch_size, workers, device):
             optimizer.step()
             lap("optimizer")
             seen += len(labels)
+    predict(model, val_loader, device)  # warm-up: the validation loader's workers start
     for tta in (False, True):
         started = time.perf_counter()
         predict(model, val_loader, device, tta)
@@ -310,7 +309,7 @@ def batch_size_figures(name, size, device, compile_too=False):
               f"{1000 / rate:.1f} ms per image at batch 32")
 
 
-def measure(name, size, data, count, batch_size, workers, device):
+def measure(name, size, data, count, batch_size, workers, device, precision):
     mean, std = normalisation(name)
     table = read_labels(data)
     table = table[table["split"] == "train"].head(count)
@@ -331,14 +330,14 @@ def measure(name, size, data, count, batch_size, workers, device):
         return DataLoader(dataset, batch_size, shuffle=True, drop_last=True)
 
     images = len(table) // batch_size * batch_size
-    row = {"model": name, "size": size, "images": images}
+    row = {"model": name, "size": size, "precision": precision, "images": images}
     # Loading alone.
     load_loader = ours_loader(ours_set)
     reference_load(load_loader)  # starts the persistent workers, if any
     row["load ours"], _ = timed(lambda: reference_load(load_loader), images, device)
     row["load ref"], _ = timed(lambda: reference_load(reference_loader(original_ref)), images, device)
 
-    row.update(measure_ours(name, ours_set, ours_eval_set, ours_loader, images, device))
+    row.update(measure_ours(name, ours_set, ours_eval_set, ours_loader, images, device, precision))
     row.update(measure_reference(name, cached_ref, original_ref, eval_ref, reference_loader, batch_size, images,
                                  device))
     for what in ("load", "train", "eval"):
@@ -424,6 +423,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: as train.py)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="ours: train.py's --precision (the reference: fp32)")
     parser.add_argument("--no-quick-start", action="store_true", help="skip timing the README's quick start")
     parser.add_argument("--split", action="store_true",
                         help="only print where a training epoch and validation go, part by part, for each model, "
@@ -437,8 +438,11 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     args.workers = worker_count(args.workers, device)
-    print(f"{torch.__version__} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
-          f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads); {args.workers} loader workers")
+    precision = choose_precision(args.precision, device)
+    gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+    print(f"{torch.__version__} on {device} ({gpu}"
+          f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads); {args.workers} loader workers; "
+          f"ours in {precision}")
     try:
         if args.big_table:
             big_table(work)
@@ -463,7 +467,7 @@ def main():
         if args.split:
             for name in args.models:
                 for size in args.sizes:
-                    epoch_split(name, size, data, args.batch_size, args.workers, device)
+                    epoch_split(name, size, data, args.batch_size, args.workers, device, precision)
                     batch_size_figures(name, size, device, args.compile)
             return
         machine_figures(data, args.models, args.sizes, args.batch_size, work, device)
@@ -472,7 +476,8 @@ def main():
         rows = []
         for name in args.models:
             for size in args.sizes:
-                rows.append(measure(name, size, data, args.images, args.batch_size, args.workers, device))
+                rows.append(measure(name, size, data, args.images, args.batch_size, args.workers, device,
+                                    precision))
                 print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
         table = pd.DataFrame(rows)
         print("\nimages/s (memory in MB), ours against the reference loop (ref), and ours / ref:")
