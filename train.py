@@ -26,7 +26,6 @@ Examples:
   torchrun --nproc_per_node=4 train.py --model resnet --pretrained   # 4 GPUs (or CPU processes), one model
 """
 import argparse
-import copy
 import math
 import os
 import random
@@ -48,8 +47,7 @@ from model import (PRECISIONS, autocast, backbone_features, build_model, choose_
 
 # --- One epoch of training -----------------------------------------------------------------------------
 
-def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False,
-                    average=None, decay=0.95):
+def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False):
     """One pass over this process's training images; returns (mean loss, images seen)."""
     model.train()  # dropout on, batch norm learns its statistics
     total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.sampler))
@@ -62,9 +60,6 @@ def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, 
         scaler.step(optimizer)         # move each weight a little against its gradient
         scaler.update()                # (fp16 only: a smaller scale if gradients overflowed, else larger)
         scheduler.step()               # and adjust the step size for the next batch
-        if average is not None:        # --ema: the running average of the weights follows a little
-            for kept, current in zip(average.state_dict().values(), model.state_dict().values()):
-                kept.copy_(current) if not kept.is_floating_point() else kept.lerp_(current.detach(), 1 - decay)
         total_loss += loss.item() * len(labels)
         seen += len(labels)
         progress.update(seen)
@@ -193,20 +188,6 @@ def linear_probe(model, train_loader, val_loader, args, device):
     return getattr(model, head_name(model)), train_loader, DataLoader(val_features, args.batch_size)
 
 
-def probe_first(model, train_loader, val_loader, args, device, epochs=50):
-    """LP-FT (Kumar et al., 2022, arXiv:2202.10054): fit the new head alone on the frozen features before
-    fine-tuning everything, so that the first steps do not push a random head's errors into the backbone."""
-    head, features, _ = linear_probe(model, train_loader, val_loader, args, device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=args.weight_decay)
-    for epoch in range(epochs):
-        features.sampler.set_epoch(epoch)
-        for inputs, labels in features:
-            loss = nn.functional.cross_entropy(head(inputs), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-
 # --- Saving and the command line ---------------------------------------------------------------------------
 
 def save_run(args, out, best, history=(), training_state=None, **info):
@@ -272,10 +253,6 @@ def parse_arguments():
                         "malignant image and K times as many benign ones, drawn afresh (for ISIC 2024's 1:1000)")
     parser.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: a linear probe, the "
                         "head trained on each image's features, computed once (seconds on a CPU; no augmentation)")
-    parser.add_argument("--probe-first", action="store_true", help="with --pretrained: fit the head alone on the "
-                        "frozen features first, then fine-tune everything (LP-FT)")
-    parser.add_argument("--ema", type=number(float, 0, 1, low_open=True), default=None, metavar="DECAY",
-                        help="validate and keep an exponential moving average of the weights (e.g. 0.95 per step)")
     parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
@@ -324,8 +301,6 @@ def build_data_and_model(args, fold, precision, rank, world_size, device):
     train_labels = torch.tensor(train_loader.dataset.labels)
     val_ids = distributed.gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
     learner = model
-    if args.probe_first:
-        probe_first(model, train_loader, val_loader, args, device)
     if args.freeze_backbone:
         learner, train_loader, val_loader = linear_probe(model, train_loader, val_loader, args, device)
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}"
@@ -356,7 +331,6 @@ def fit(args, fold, interrupted, precision, rank, world_size, device):
     if interrupted:  # --resume: carry on where the interrupted run stopped
         best, history = resume.restore(interrupted, model, optimizer, scheduler, train_loader.generator)
     wrapped = distributed.wrap(learner, device, world_size)
-    average = copy.deepcopy(learner) if args.ema else None
 
     saved_epoch = len(history)
     try:
@@ -364,12 +338,11 @@ def fit(args, fold, interrupted, precision, rank, world_size, device):
             started = time.time()
             train_loader.sampler.set_epoch(epoch)  # this epoch's images and order: from (seed, epoch)
             train_loss, seen = train_one_epoch(wrapped, train_loader, loss_function, optimizer, scheduler, scaler,
-                                               precision, device, args.dry_run, average, args.ema)
+                                               precision, device, args.dry_run)
             train_loss = distributed.mean_over_processes(train_loss, world_size, device)
             distributed.share_batch_norm_statistics(model, world_size)
             images_per_second = seen * world_size / (time.time() - started)
-            scored = learner if average is None else average
-            val = {"isic_id": val_ids, **validate(scored, val_loader, device, args.tta, precision, world_size)}
+            val = {"isic_id": val_ids, **validate(learner, val_loader, device, args.tta, precision, world_size)}
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                             "val_accuracy": val["accuracy"], "val_auc": val["auc"], "seconds": time.time() - started,
                             "images_per_second": images_per_second, "lr": scheduler.get_last_lr()[0]})
@@ -377,8 +350,7 @@ def fit(args, fold, interrupted, precision, rank, world_size, device):
                   f"val acc {val['accuracy']:.3f}  val AUC {val['auc']:.3f}  {history[-1]['seconds']:5.1f} s  "
                   f"{images_per_second:5.0f} images/s")
             # This epoch's weights, copied safe from further training: the best so far, or the state to resume from.
-            kept = model if average is None else average
-            weights = {name: tensor.detach().cpu().clone() for name, tensor in kept.state_dict().items()}
+            weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
             if val["score"] > best["score"]:
                 best = {"epoch": epoch, "score": val["score"], "weights": weights, "val": val}
             finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
