@@ -423,7 +423,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: as train.py)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="ours: train.py's --precision (the reference: fp32)")
     parser.add_argument("--no-quick-start", action="store_true", help="skip timing the README's quick start")
     parser.add_argument("--split", action="store_true",
