@@ -47,21 +47,14 @@ from model import (PRECISIONS, autocast, backbone_features, build_model, choose_
 
 # --- One epoch of training -----------------------------------------------------------------------------
 
-def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False,
-                    mixup=0.0):
+def train_one_epoch(model, loader, loss_function, optimizer, scheduler, scaler, precision, device, dry_run=False):
     """One pass over this process's training images; returns (mean loss, images seen)."""
     model.train()  # dropout on, batch norm learns its statistics
     total_loss, seen, progress = 0.0, 0, Progress("trained on", len(loader.sampler))
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(precision, device):
-            if mixup:  # mixup (Zhang et al., 2018): train on blends of two images, the loss blended alike
-                share = float(torch.distributions.Beta(mixup, mixup).sample())
-                partner = torch.randperm(len(labels), device=device)
-                outputs = model(share * images + (1 - share) * images[partner])
-                loss = share * loss_function(outputs, labels) + (1 - share) * loss_function(outputs, labels[partner])
-            else:
-                loss = loss_function(model(images), labels)
+            loss = loss_function(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # gradients of the loss with respect to every weight
         scaler.step(optimizer)         # move each weight a little against its gradient
@@ -260,8 +253,6 @@ def parse_arguments():
                         "malignant image and K times as many benign ones, drawn afresh (for ISIC 2024's 1:1000)")
     parser.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: a linear probe, the "
                         "head trained on each image's features, computed once (seconds on a CPU; no augmentation)")
-    parser.add_argument("--mixup", type=number(float, 0), default=0.0, metavar="ALPHA",
-                        help="train on blends of two images, the blend drawn from Beta(ALPHA, ALPHA)")
     parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
@@ -347,7 +338,7 @@ def fit(args, fold, interrupted, precision, rank, world_size, device):
             started = time.time()
             train_loader.sampler.set_epoch(epoch)  # this epoch's images and order: from (seed, epoch)
             train_loss, seen = train_one_epoch(wrapped, train_loader, loss_function, optimizer, scheduler, scaler,
-                                               precision, device, args.dry_run, args.mixup)
+                                               precision, device, args.dry_run)
             train_loss = distributed.mean_over_processes(train_loss, world_size, device)
             distributed.share_batch_norm_statistics(model, world_size)
             images_per_second = seen * world_size / (time.time() - started)
