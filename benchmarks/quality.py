@@ -68,7 +68,6 @@ RECIPES = {
     "budget-lite0-x3": ("budget", LITE0, 3),
     "budget-lite0-224": ("budget", [*LITE0, "--img-size", "224"], 1),
     "budget-lite0-folds5": ("budget", [*LITE0, "--folds", "5"], 1),
-    "budget-lite1": ("budget", ["--model", "efficientnet_lite1", "--pretrained"], 1),
     # On a GPU, where --precision auto means bfloat16: what float32 would give instead (on a CPU both are fp32).
     "budget-lite0-fp32": ("budget", [*LITE0, "--precision", "fp32"], 1),
 }
