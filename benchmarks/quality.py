@@ -305,12 +305,13 @@ def print_report(regime, table, seeds):
         print_table(table, {f"dev {key}": name for key, name in columns.items()})
     print("\nISIC UDA (another collection), at the same threshold:\n")
     print_table(table, {f"UDA {key}": name for key, name in columns.items() if key != "accuracy"})
+    clinic = {"balanced_accuracy": "balanced acc.", "recall": "sensitivity", "specificity": "specificity",
+              "recall sd": "sensitivity sd between draws"}
     for count in CLINIC_IMAGES if regime == "budget" else ():
         print(f"\nISIC UDA with its own thresholds, chosen on {count} of its labelled images (evaluate.py "
               f"--threshold-from), measured on the other {int(table['UDA n'].iloc[0]) - count} (mean of 20 draws):\n")
         print_table(table, {f"UDA rechosen on {count} {kind}{key}": f"{kind}{name}" for kind in ("", "screening ")
-                            for key, name in {**columns, "recall sd": "sensitivity sd between draws"}.items()
-                            if key in ("balanced_accuracy", "recall", "recall sd", "specificity")})
+                            for key, name in clinic.items()})
     print("\nThe screening threshold (90 % sensitivity on the validation images), on each test set:\n")
     print_table(table, {"test screening sensitivity": "HAM sensitivity",
                         "test screening specificity": "HAM specificity",
