@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from helpers.charts import draw_augmentation_grid
 from helpers.files import DataError, Parser, number, stop
-from helpers.images import IMAGE_SUFFIXES, load_image
+from helpers.images import load_image
 
 
 def build_transforms(img_size, train, mean, std):
@@ -129,33 +129,6 @@ def train_and_val(data_dir, fold=None, folds=1, seed=0):
     return pool[~left_out].reset_index(drop=True), pool[left_out].reset_index(drop=True)
 
 
-# --- Unlabelled images (train.py --unlabelled DIR --teacher CKPT) -----------------------------------------
-# The budget limits labels, not images. A model trained on the labelled images, the teacher, scores a
-# folder of unlabelled ones; a new model, the student, then trains on both, each unlabelled image taking
-# the teacher's probability as a soft label. The student sees those images augmented, as the teacher
-# never did, and must still agree with it: self-training with a noisy student (Xie et al., CVPR 2020).
-# Each epoch visits every labelled image and up to this many times as many unlabelled ones, drawn afresh,
-# so that the labels are not drowned in guesses and an epoch stays a few times as long as without.
-UNLABELLED_PER_LABELLED = 3
-
-
-def read_unlabelled(folder, labelled):
-    """The images anywhere under `folder` as a table like labels.csv's (label -1: unknown), less those that
-    the `labelled` table lists, by name or by file: a test image must never train, not even unlabelled."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder of images; pass --unlabelled DIR")
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-    names, files = set(labelled["isic_id"]), set(map(os.path.realpath, labelled["image_path"]))
-    unlabelled = [path for path in paths if path.stem not in names and os.path.realpath(path) not in files]
-    if len(unlabelled) < len(paths):
-        print(f"skipped {len(paths) - len(unlabelled)} images under {folder}: labels.csv lists them")
-    if not unlabelled:
-        raise DataError(f"{folder} holds no images that labels.csv does not list ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return pd.DataFrame({"isic_id": [path.stem for path in unlabelled], "load_path": list(map(str, unlabelled)),
-                         "label": -1})
-
-
 class CustomDataset(Dataset):
     """Images listed in a table (labels.csv's columns: load_path, label, isic_id), as (tensor, label) pairs."""
 
@@ -180,25 +153,19 @@ class EpochSampler(Sampler):
     - neg_per_pos=K: every malignant image and K times as many benign ones, a fresh random set each
       epoch. At ISIC 2024's 1 malignant in 1,000, an epoch of everything is 99.9 % benign images the
       model already knows; this sees every benign image in time while each epoch stays short and balanced.
-    - unlabelled=N: the N images after the labelled ones are unlabelled (see above): every labelled
-      image and up to UNLABELLED_PER_LABELLED times as many unlabelled ones, a fresh random set each epoch.
     With several processes (rank k of n, see train.py), each takes every n-th index of the same order,
     as torch's DistributedSampler does: n disjoint shares of one shuffled epoch. Call set_epoch first.
     """
 
-    def __init__(self, labels, seed, balanced=False, neg_per_pos=None, rank=0, world_size=1, unlabelled=0):
-        self.labels = torch.as_tensor(labels)  # of the labelled images
-        self.seed, self.balanced = seed, balanced
+    def __init__(self, labels, seed, balanced=False, neg_per_pos=None, rank=0, world_size=1):
+        self.labels = torch.as_tensor(labels)
+        self.seed, self.balanced, self.neg_per_pos = seed, balanced, neg_per_pos
         self.rank, self.world_size, self.epoch = rank, world_size, 0
-        self.size, self.always, self.drawn_from = len(self.labels), None, None
-        if neg_per_pos:  # every malignant image, and benign ones drawn from all of them
-            self.always, self.drawn_from = self.labels.nonzero().flatten(), (self.labels == 0).nonzero().flatten()
-            per_epoch = neg_per_pos * len(self.always)
-        elif unlabelled:  # every labelled image, and unlabelled ones drawn from all of them
-            self.always, self.drawn_from = torch.arange(self.size), torch.arange(self.size, self.size + unlabelled)
-            per_epoch = UNLABELLED_PER_LABELLED * self.size
-        if self.always is not None:
-            self.size = len(self.always) + min(len(self.drawn_from), per_epoch)
+        self.positives = self.labels.nonzero().flatten()
+        self.negatives = (self.labels == 0).nonzero().flatten()
+        self.size = len(self.labels)
+        if neg_per_pos:
+            self.size = len(self.positives) + min(len(self.negatives), neg_per_pos * len(self.positives))
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -208,9 +175,9 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.always is not None:
-            drawn = self.drawn_from[torch.randperm(len(self.drawn_from), generator=generator)]
-            chosen = torch.cat([self.always, drawn[:self.size - len(self.always)]])
+        if self.neg_per_pos:
+            drawn = self.negatives[torch.randperm(len(self.negatives), generator=generator)]
+            chosen = torch.cat([self.positives, drawn[:self.size - len(self.positives)]])
             order = chosen[torch.randperm(len(chosen), generator=generator)]
         elif self.balanced:
             weight_per_class = 1.0 / torch.bincount(self.labels, minlength=2).clamp(min=1)
@@ -222,10 +189,9 @@ class EpochSampler(Sampler):
 
 
 def build_loaders(data_dir, img_size, batch_size, mean, std, balanced_sampler=False, workers=0, seed=0,
-                  neg_per_pos=None, rank=0, world_size=1, fold=None, folds=1, unlabelled=None):
+                  neg_per_pos=None, rank=0, world_size=1, fold=None, folds=1):
     """DataLoaders for training: train (augmented, shuffled) and val (plain, in order); with folds > 1,
-    those of one fold of cross-validation (see train_and_val); with an `unlabelled` table (its soft labels
-    the teacher's probabilities), those images train too.
+    those of one fold of cross-validation (see train_and_val).
 
     How the training images are drawn (all once, class-balanced, or K benign per malignant) is up to
     EpochSampler: answers to class imbalance at the sampling end; weighting or focusing the loss, the
@@ -233,13 +199,9 @@ def build_loaders(data_dir, img_size, batch_size, mean, std, balanced_sampler=Fa
     train together: every world_size-th validation image, from the rank-th on (train.py gathers them).
     """
     train_table, val_table = train_and_val(data_dir, fold, folds, seed)
-    labels = train_table["label"].tolist()
-    if unlabelled is not None:  # after the labelled images, and every label a probability: 0.0, 1.0 or between
-        train_table = pd.concat([train_table.astype({"label": float}), unlabelled], ignore_index=True)
     train_set = CustomDataset(train_table, build_transforms(img_size, True, mean, std))
     val_set = CustomDataset(val_table[rank::world_size], build_transforms(img_size, False, mean, std))
-    sampler = EpochSampler(labels, seed, balanced_sampler, neg_per_pos, rank, world_size,
-                           0 if unlabelled is None else len(unlabelled))
+    sampler = EpochSampler(train_set.labels, seed, balanced_sampler, neg_per_pos, rank, world_size)
     # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
     generator = torch.Generator().manual_seed(seed)
     # drop_last: a final batch of one image would break BatchNorm's batch statistics.

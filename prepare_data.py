@@ -33,9 +33,11 @@ from pathlib import Path
 import pandas as pd
 
 from helpers.files import DataError, Parser, in_threads, number, report_skipped, save_atomically, stop
-from helpers.images import IMAGE_SUFFIXES, add_resized_copies, inspect_image
+from helpers.images import add_resized_copies, inspect_image
 from helpers.isic_archive import ISIC_API, ISIC_FILES, ISIC_MAX_IMAGES, ISIC_QUERY, download_isic_archive
 from helpers.synthetic import make_synthetic
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 # HAM10000's seven diagnoses. Actinic keratosis / intra-epithelial carcinoma (akiec) is neither
 # cleanly benign nor malignant, so it is left out rather than forced into a class.

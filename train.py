@@ -20,8 +20,6 @@ Examples:
   python train.py --model efficientnet_lite0 --pretrained --freeze-backbone --lr 3e-3 --epochs 100  # probe
   python train.py --model efficientnet_lite0 --pretrained --seed 1 --out checkpoints/lite0-1.pt  # to average
   python train.py --model efficientnet_lite0 --pretrained --folds 5      # 5-fold cross-validation, one checkpoint
-  python train.py --model efficientnet_lite0 --pretrained --unlabelled more/ --teacher checkpoints/efficientnet_lite0.pt \
-      --out checkpoints/student.pt                         # the teacher's probabilities label more images
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
   python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
   python train.py --data data/isic2024 --neg-per-pos 10    # 1 malignant in 1,000: balanced epochs
@@ -39,13 +37,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, loader_options, read_labels,
-                     read_unlabelled, worker_count)
+from dataset import CustomDataset, EpochSampler, build_loaders, build_transforms, worker_count
 from helpers import distributed, resume
 from helpers.charts import draw_augmentation_grid, draw_curves
 from helpers.files import DataError, Parser, Progress, number, save_atomically, stop
-from model import (PRECISIONS, autocast, backbone_features, build_model, choose_precision, head_name, load_checkpoint,
-                   normalisation, pick_device, read_checkpoint, save_checkpoint)
+from model import (PRECISIONS, autocast, backbone_features, build_model, choose_precision, head_name, normalisation,
+                   pick_device, read_checkpoint, save_checkpoint)
 
 
 # --- One epoch of training -----------------------------------------------------------------------------
@@ -94,11 +91,7 @@ def loss_for(name, class_weights, train_labels, device):
         weight = (counts.sum() / (2 * counts.clamp(min=1))).to(device)
     if name == "focal":
         return lambda logits, labels: focal_loss(logits, labels, weight)
-    cross_entropy = nn.CrossEntropyLoss(weight=weight)
-    # A soft label (--unlabelled: the teacher's P(malignant) p) asks for the probabilities (1 - p, p): the
-    # loss is then -(1 - p) log q0 - p log q1, which for p = 0 or 1 is the hard label's -log q.
-    return lambda logits, labels: cross_entropy(logits.float(), torch.stack([1 - labels, labels], 1).float()
-                                                if labels.is_floating_point() else labels)
+    return nn.CrossEntropyLoss(weight=weight)
 
 
 # --- Validation: how good is this epoch? -------------------------------------------------------------
@@ -195,28 +188,6 @@ def linear_probe(model, train_loader, val_loader, args, device):
     return getattr(model, head_name(model)), train_loader, DataLoader(val_features, args.batch_size)
 
 
-# --- Unlabelled images: the teacher's soft labels (--unlabelled DIR --teacher CKPT, see dataset.py) ---------
-
-def pseudo_labels(args, device):
-    """The images under --unlabelled, each labelled with the teacher's P(malignant), scored as evaluate.py
-    scores (the teacher's image size, normalisation and test-time augmentation); written beside the
-    checkpoint as <out>-pseudo-labels.csv, to look at."""
-    try:
-        table = read_unlabelled(args.unlabelled, read_labels(args.data))
-        teacher, info = load_checkpoint(args.teacher, device)
-        transform = build_transforms(info["img_size"], False, info["mean"], info["std"])
-        loader = DataLoader(CustomDataset(table, transform), args.batch_size, **loader_options(args.workers))
-        table["label"], _ = predict(teacher, loader, device, info["tta"])
-    except (DataError, ValueError) as error:
-        stop(error)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    csv = args.out.with_name(f"{args.out.stem}-pseudo-labels.csv")
-    save_atomically(csv, lambda tmp: table.rename(columns={"label": "teacher_probability"}).to_csv(tmp, index=False))
-    print(f"{len(table)} unlabelled images scored by the teacher {args.teacher} (mean P(malignant) "
-          f"{table['label'].mean():.2f}): {csv}")
-    return table
-
-
 # --- Saving and the command line ---------------------------------------------------------------------------
 
 def save_run(args, out, best, history=(), training_state=None, **info):
@@ -285,10 +256,6 @@ def parse_arguments():
     parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
-    parser.add_argument("--unlabelled", metavar="DIR", help="also train on the images in this folder (any depth), "
-                        "labelled by --teacher's probabilities")
-    parser.add_argument("--teacher", metavar="CKPT", help="the checkpoint that labels --unlabelled: a model trained "
-                        "on the same labelled images")
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="processes that load images (default: see dataset.worker_count)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -312,11 +279,6 @@ def parse_arguments():
                        "or --neg-per-pos, and one process (it takes seconds; no torchrun)\n")
     if args.balanced_sampler and args.neg_per_pos:
         parser.exit(2, "error: choose one of --balanced-sampler and --neg-per-pos\n")
-    if bool(args.unlabelled) != bool(args.teacher) or args.unlabelled and (
-            args.freeze_backbone or args.loss == "focal" or args.balanced_sampler or args.neg_per_pos):
-        parser.exit(2, "error: --unlabelled DIR and --teacher CKPT go together, with cross-entropy and every "
-                       "labelled image once an epoch: no --freeze-backbone, --loss focal, --balanced-sampler "
-                       "or --neg-per-pos\n")
     args.tta = not args.freeze_backbone if args.tta is None else args.tta
     args.lr = args.lr or (3e-4 if args.pretrained else 1e-3)
     args.out = Path(args.out or Path("checkpoints") / f"{args.model}.pt")
@@ -324,32 +286,31 @@ def parse_arguments():
     return args, interrupted
 
 
-def build_data_and_model(args, fold, unlabelled, precision, rank, world_size, device):
+def build_data_and_model(args, fold, precision, rank, world_size, device):
     """The loaders and the model; what learns (the whole model, or with --freeze-backbone only its head);
-    the labels of the labelled training images. Draws what the model sees beside the checkpoint."""
+    the training labels. Draws what the model sees beside the checkpoint."""
     mean, std = normalisation(args.model)  # what the pretrained weights expect
     train_loader, val_loader = build_loaders(args.data, args.img_size, args.batch_size, mean, std,
                                              args.balanced_sampler, args.workers, args.seed, args.neg_per_pos,
-                                             rank, world_size, fold, args.folds, unlabelled)
+                                             rank, world_size, fold, args.folds)
     model = build_model(args.model, args.pretrained).to(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if rank == 0 and fold in (None, 1):  # one picture for all folds
         draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std),
                                args.out.with_name(f"{args.out.stem}-augmentations.png"), mean, std, seed=args.seed)
-    train_labels = train_loader.sampler.labels
+    train_labels = torch.tensor(train_loader.dataset.labels)
     val_ids = distributed.gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
     learner = model
     if args.freeze_backbone:
         learner, train_loader, val_loader = linear_probe(model, train_loader, val_loader, args, device)
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, on {device}"
           f"{f' x {world_size} processes' if world_size > 1 else ''}, {precision}; {len(train_labels)} training "
-          f"images ({int(train_labels.sum())} malignant){f' and {len(unlabelled)} unlabelled' if unlabelled is not None else ''}, "
-          f"{len(val_ids)} validation images; "
+          f"images ({int(train_labels.sum())} malignant), {len(val_ids)} validation images; "
           f"{len(train_loader.sampler) * world_size} training images per epoch")
     return model, learner, train_loader, val_loader, train_labels, val_ids
 
 
-def fit(args, fold, unlabelled, interrupted, precision, rank, world_size, device):
+def fit(args, fold, interrupted, precision, rank, world_size, device):
     """Train one model (with --folds, that of fold number `fold`), saved after every epoch."""
     out = resume.fold_path(args.out, fold)
     # Same seed, same data -> same initial weights, same batches, same augmentations, same result.
@@ -357,7 +318,7 @@ def fit(args, fold, unlabelled, interrupted, precision, rank, world_size, device
     torch.manual_seed(args.seed)
     try:
         model, learner, train_loader, val_loader, train_labels, val_ids = build_data_and_model(
-            args, fold, unlabelled, precision, rank, world_size, device)
+            args, fold, precision, rank, world_size, device)
     except (DataError, ValueError, RuntimeError) as error:
         stop(error)
 
@@ -420,15 +381,14 @@ def main():
     except ValueError as error:
         stop(error)
     resume.stop_on_sigterm()
-    unlabelled = pseudo_labels(args, device) if args.unlabelled else None
     if args.folds == 1:
-        fit(args, None, unlabelled, interrupted, precision, rank, world_size, device)
+        fit(args, None, interrupted, precision, rank, world_size, device)
     else:  # cross-validation: a model per fold (resumed in the fold it stopped in), then one checkpoint for all
         carry_on = interrupted if interrupted and "training_state" in interrupted else None
         resumed = interrupted["fold"] + (carry_on is None) if interrupted else 1
         for fold in range(resumed, args.folds + 1):
             print(f"fold {fold} of {args.folds}")
-            fit(args, fold, unlabelled, carry_on if fold == resumed else None, precision, rank, world_size, device)
+            fit(args, fold, carry_on if fold == resumed else None, precision, rank, world_size, device)
         if rank == 0:
             save_cross_validated(args)
     distributed.finish(world_size)

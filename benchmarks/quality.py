@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from evaluate import choose_threshold, pick_threshold, threshold_metrics  # noqa: E402
 from model import read_checkpoint  # noqa: E402
-from train import roc_auc  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LITE0 = ["--model", "efficientnet_lite0", "--pretrained"]
@@ -69,9 +68,6 @@ RECIPES = {
     "budget-lite0-x3": ("budget", LITE0, 3),
     "budget-lite0-224": ("budget", [*LITE0, "--img-size", "224"], 1),
     "budget-lite0-folds5": ("budget", [*LITE0, "--folds", "5"], 1),
-    # A student (train.py --unlabelled): budget-lite0's model of the same seed labels ~6,000 HAM10000 images
-    # whose labels are withheld (see unlabelled_options).
-    "budget-lite0-unlabelled": ("budget", [*LITE0, "--unlabelled", "UNLABELLED", "--teacher", "TEACHER"], 1),
     # On a GPU, where --precision auto means bfloat16: what float32 would give instead (on a CPU both are fp32).
     "budget-lite0-fp32": ("budget", [*LITE0, "--precision", "fp32"], 1),
 }
@@ -166,43 +162,6 @@ def prepare_budget(ham, uda, out, seed):
         source = ham_subset(ham, rest[rest["lesion_id"].isin(chosen)], out / f"budget-{seed}-source")
         run("prepare_data.py", "--source", source, "--out", data, "--seed", seed)
     return data, scored_on
-
-
-def unlabelled_options(options, ham, out, data, seed, epochs):
-    """A student recipe's options, its placeholders filled in for this seed: as TEACHER, budget-lite0's model;
-    as UNLABELLED, a folder of every HAM10000 image outside the test and development pools and outside this
-    seed's 400 (linked, not copied), the labels withheld. Other recipes' options come back as they are."""
-    if "UNLABELLED" not in options:
-        return options
-    meta, pools = lesion_pools(ham)
-    labelled = pd.read_csv(out / f"budget-{seed}-source" / "HAM10000_metadata.csv", dtype=str)["lesion_id"]
-    rows = meta[meta["lesion_id"].isin(pools["rest"]) & ~meta["lesion_id"].isin(labelled)]
-    folder = out / f"budget-{seed}-unlabelled"
-    if not folder.exists():
-        links = Path(f"{folder}.tmp")
-        links.mkdir(parents=True, exist_ok=True)
-        for image_id in rows["image_id"]:
-            if not (links / f"{image_id}.jpg").exists():
-                os.symlink((ham / "images" / f"{image_id}.jpg").resolve(), links / f"{image_id}.jpg")
-        links.rename(folder)  # complete, or not there
-    teacher, _ = trained(LITE0, data, seed, epochs)
-    return [{"UNLABELLED": str(folder), "TEACHER": str(teacher)}.get(option, option) for option in options]
-
-
-def teachers_labels(ham, data):
-    """How good the teacher's soft labels were, by the labels withheld from the student: the teacher's AUC
-    on the unlabelled images, their share of malignant lesions, the teacher's mean P(malignant), and how
-    often the teacher was right where it was confident (P >= 0.8 malignant, P <= 0.2 benign): what hard
-    labels of the confident images would have been worth."""
-    (csv,) = data.glob("model-*-pseudo-labels.csv")
-    labels = pd.read_csv(csv)
-    meta = pd.read_csv(ham / "HAM10000_metadata.csv", dtype=str).set_index("image_id")
-    malignant = meta.loc[labels["isic_id"], "dx"].isin(["mel", "bcc"]).astype(int).to_numpy()
-    p = labels["teacher_probability"].to_numpy()
-    return {"unlabelled teacher auc": roc_auc(malignant.tolist(), p.tolist()),
-            "unlabelled malignant": malignant.mean(), "unlabelled teacher mean": p.mean(),
-            "unlabelled confident malignant": (p >= 0.8).mean(), "confident malignant right": malignant[p >= 0.8].mean(),
-            "unlabelled confident benign": (p <= 0.2).mean(), "confident benign right": 1 - malignant[p <= 0.2].mean()}
 
 
 def trained(options, data, seed, epochs):
@@ -314,12 +273,9 @@ def main():
         for seed in args.seeds:
             if regime == "budget":  # train.py's own defaults, as the user runs it
                 data, scored_on = prepare_budget(args.ham, args.uda, args.out, seed)
-                filled = unlabelled_options(options, args.ham, args.out, data, seed, args.epochs)
-                row = train_and_score(name, filled, data, scored_on, seed, args.epochs, BUDGET_SPLITS, members)
+                row = train_and_score(name, options, data, scored_on, seed, args.epochs, BUDGET_SPLITS, members)
                 for count in CLINIC_IMAGES:
                     row.update(rechosen_threshold(data / f"{name}-UDA", count))
-                if filled != options:
-                    row.update(teachers_labels(args.ham, data))
             else:
                 # "all" trains on every train and val image of the split; the recipes are compared on the
                 # test split and UDA (the val split is what search.py chooses on).
@@ -356,13 +312,6 @@ def print_report(regime, table, seeds):
               f"--threshold-from), measured on the other {int(table['UDA n'].iloc[0]) - count} (mean of 20 draws):\n")
         print_table(table, {f"UDA rechosen on {count} {kind}{key}": f"{kind}{name}" for kind in ("", "screening ")
                             for key, name in clinic.items()})
-    if "unlabelled teacher auc" in table:
-        print("\nThe teacher's soft labels of the students' unlabelled images, by their withheld labels:\n")
-        print_table(table.dropna(subset=["unlabelled teacher auc"]), {
-            "unlabelled teacher auc": "teacher's AUC", "unlabelled malignant": "malignant share",
-            "unlabelled teacher mean": "teacher's mean P(malignant)", "unlabelled confident malignant": "share P >= 0.8",
-            "confident malignant right": "of those, malignant", "unlabelled confident benign": "share P <= 0.2",
-            "confident benign right": "of those, benign"})
     print("\nThe screening threshold (90 % sensitivity on the validation images), on each test set:\n")
     print_table(table, {"test screening sensitivity": "HAM sensitivity",
                         "test screening specificity": "HAM specificity",

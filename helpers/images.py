@@ -14,8 +14,6 @@ from PIL import Image, ImageOps
 
 from helpers.files import DataError, in_threads, save_atomically
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # what a folder of images is searched for
-
 
 def refuse_huge(image, path):
     """A file of a few kB can claim billions of pixels (a "decompression bomb"); refuse it before decoding."""

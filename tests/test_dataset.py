@@ -6,8 +6,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import make_image
-from dataset import (UNLABELLED_PER_LABELLED, CustomDataset, EpochSampler, build_loaders, build_transforms,
-                     cross_validation_folds, read_labels, read_split, read_unlabelled, train_and_val)
+from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, cross_validation_folds, read_split,
+                     train_and_val)
 from helpers.files import DataError
 from helpers.images import load_image
 
@@ -156,49 +156,6 @@ def test_epoch_sampler_plain_negatives_per_positive_and_shares():
 
 def drawn_at_epoch_0(labels):
     return list(EpochSampler(labels, seed=0, neg_per_pos=3))
-
-
-def test_epoch_sampler_with_unlabelled_images_visits_every_labelled_one_and_fresh_unlabelled_ones():
-    labels = [0] * 6 + [1] * 4  # 10 labelled images, then 100 unlabelled ones at indices 10 to 109
-    sampler = EpochSampler(labels, seed=0, unlabelled=100)
-    assert UNLABELLED_PER_LABELLED == 3 and len(sampler) == 10 + 30
-    seen = set()
-    for epoch in range(5):
-        sampler.set_epoch(epoch)
-        drawn = list(sampler)
-        assert sorted(i for i in drawn if i < 10) == list(range(10))  # every labelled image, once
-        unlabelled = [i for i in drawn if i >= 10]
-        assert len(unlabelled) == len(set(unlabelled)) == 30 and max(unlabelled) <= 109
-        seen |= set(unlabelled)
-    assert len(seen) > 70  # a fresh draw each epoch: 5 x 30 cover most of the 100
-    few = EpochSampler(labels, seed=0, unlabelled=7)  # fewer than 3 per labelled image: all of them
-    assert sorted(few) == list(range(17))
-    assert torch.equal(few.labels, torch.tensor(labels))  # the labelled images' labels, for class weights
-
-
-def test_unlabelled_images_are_found_at_any_depth_less_those_labels_csv_lists(tmp_path, capsys):
-    make_labels(tmp_path / "data", 4, 2)
-    folder = tmp_path / "more"
-    for path in ("a.jpg", "deep/er/b.PNG", "id3.png", "notes.txt", "c.tif"):
-        make_image(folder / path) if not path.endswith(".txt") else (folder / path).write_text("no image")
-    table = read_unlabelled(folder, read_labels(tmp_path / "data"))
-    assert table["isic_id"].tolist() == ["a", "c", "b"] and set(table["label"]) == {-1}
-    assert table["load_path"].tolist() == [str(folder / "a.jpg"), str(folder / "c.tif"), str(folder / "deep/er/b.PNG")]
-    assert "skipped 1 images under" in capsys.readouterr().out  # id3 is labelled: it must not train twice
-    with pytest.raises(DataError, match="nowhere is not a folder of images; pass --unlabelled DIR"):
-        read_unlabelled(tmp_path / "nowhere", read_labels(tmp_path / "data"))
-    with pytest.raises(DataError, match="holds no images that labels.csv does not list"):
-        read_unlabelled(tmp_path / "data", read_labels(tmp_path / "data"))
-
-
-def test_unlabelled_images_follow_the_labelled_ones_with_soft_labels(tmp_path):
-    make_labels(tmp_path, 8, 4)  # 8 training images
-    unlabelled = pd.DataFrame({"isic_id": ["u0", "u1"], "load_path": [str(make_image(tmp_path / f"u{i}.png"))
-                                                                      for i in range(2)], "label": [0.25, 0.75]})
-    loader, _ = build_loaders(tmp_path, img_size=8, batch_size=5, mean=MEAN, std=STD, unlabelled=unlabelled)
-    assert loader.dataset.labels == [0.0] * 6 + [1.0] * 2 + [0.25, 0.75] and len(loader.sampler) == 10
-    targets = torch.cat([labels for _, labels in loader])
-    assert targets.is_floating_point() and sorted(targets.tolist()) == [0.0] * 6 + [0.25, 0.75] + [1.0] * 2
 
 
 def test_worker_processes_also_work_when_started_by_spawn(tmp_path):

@@ -1,6 +1,5 @@
 """train.py: the baseline must really learn the synthetic set; runs are reproducible; every option takes effect."""
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,7 +8,7 @@ from torch.utils.data import DataLoader
 
 import evaluate
 import train
-from conftest import make_image, run_main
+from conftest import run_main
 from dataset import CustomDataset, build_transforms, cross_validation_folds, read_split
 from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
 
@@ -278,64 +277,3 @@ def test_cross_validation_interrupted_between_folds_carries_on(synthetic_data, t
     assert a["val_predictions"] == b["val_predictions"] and a["epoch"] == b["epoch"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-
-
-def test_cross_entropy_with_the_teachers_soft_labels_by_hand():
-    loss = train.loss_for("cross-entropy", False, torch.tensor([0, 1]), "cpu")
-    logits = torch.tensor([[0.0, math.log(3)]])  # P(malignant) = 3 / 4
-    # The teacher said 0.2: -(0.8 ln(1/4) + 0.2 ln(3/4)) = 0.8 x 1.38629 + 0.2 x 0.28768 = 1.16657.
-    assert loss(logits, torch.tensor([0.2], dtype=torch.float64)).item() == pytest.approx(1.16657, abs=1e-5)
-    # A hard label written as a probability is the hard label: -ln(3/4) = 0.28768.
-    assert loss(logits, torch.tensor([1.0])).item() == pytest.approx(loss(logits, torch.tensor([1])).item())
-    assert loss(logits, torch.tensor([1])).item() == pytest.approx(0.28768, abs=1e-5)
-
-
-def few_labels_and_the_rest_unlabelled(data, root, per_class=4):
-    """A data folder with `per_class` training images of each class of `data`, its val and test splits whole;
-    and a folder linking the other training images, unlabelled."""
-    table = pd.read_csv(data / "labels.csv")
-    table["image_path"] = [str(data / path) for path in table["image_path"]]
-    train_rows = table[table["split"] == "train"]
-    kept = pd.concat([train_rows[train_rows["label"] == label].head(per_class) for label in (0, 1)])
-    (root / "few").mkdir()
-    pd.concat([kept, table[table["split"] != "train"]]).to_csv(root / "few" / "labels.csv", index=False)
-    (root / "unlabelled" / "nested").mkdir(parents=True)
-    for path in train_rows.drop(kept.index)["image_path"]:
-        (root / "unlabelled" / "nested" / Path(path).name).symlink_to(path)
-    return root / "few", root / "unlabelled", len(train_rows) - len(kept)
-
-
-def test_a_student_learns_from_the_teachers_soft_labels(trained_baseline, tmp_path, monkeypatch, capsys):
-    teacher, data = trained_baseline  # trained on all of the synthetic training images
-    few, unlabelled, count = few_labels_and_the_rest_unlabelled(data, tmp_path)
-    options = ["--data", few, "--img-size", 64, "--epochs", 12, "--batch-size", 8, "--workers", 0]
-    assert run_main(train, *options, "--out", tmp_path / "alone.pt", monkeypatch=monkeypatch) == 0
-    assert run_main(train, *options, "--unlabelled", unlabelled, "--teacher", teacher, "--out",
-                    tmp_path / "student.pt", monkeypatch=monkeypatch) == 0
-    assert f"8 training images (4 malignant) and {count} unlabelled" in capsys.readouterr().out
-    # The soft labels are the teacher's probabilities, as evaluate.py scores those images.
-    labels = pd.read_csv(tmp_path / "student-pseudo-labels.csv")
-    assert len(labels) == count and (labels["load_path"].str.contains("nested")).all()
-    by_evaluate, _ = evaluate.score([load_checkpoint(teacher)], labels.assign(label=0), 64, 0, torch.device("cpu"))
-    assert labels["teacher_probability"].tolist() == pytest.approx(by_evaluate, abs=1e-6)
-    # 8 labels alone teach a little; with the teacher's labels of the rest the student comes close to it.
-    test = read_split(few, "test")
-    auc = {name: train.roc_auc(*reversed(evaluate.score([load_checkpoint(path)], test, 64, 0, torch.device("cpu"))))
-           for name, path in (("alone", tmp_path / "alone.pt"), ("student", tmp_path / "student.pt"),
-                              ("teacher", teacher))}
-    assert auc["student"] > auc["alone"] + 0.02 and auc["student"] > auc["teacher"] - 0.02, auc
-
-
-def test_unlabelled_images_need_a_teacher_and_plain_cross_entropy(synthetic_data, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "x.pt"
-    for extra in (["--unlabelled", tmp_path], ["--teacher", out], ["--unlabelled", tmp_path, "--teacher", out,
-                                                                   "--loss", "focal"]):
-        assert run_main(train, "--data", synthetic_data, *extra, "--out", out, monkeypatch=monkeypatch) == 2
-        assert "--unlabelled DIR and --teacher CKPT go together" in capsys.readouterr().err
-    assert run_main(train, "--data", synthetic_data, "--unlabelled", tmp_path / "absent", "--teacher", out,
-                    "--out", out, monkeypatch=monkeypatch) == 2
-    assert f"error: {tmp_path / 'absent'} is not a folder of images" in capsys.readouterr().err
-    make_image(tmp_path / "more" / "new.jpg")
-    assert run_main(train, "--data", synthetic_data, "--unlabelled", tmp_path / "more", "--teacher", out,
-                    "--out", out, monkeypatch=monkeypatch) == 2
-    assert f"checkpoint {out} not found" in capsys.readouterr().err
