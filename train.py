@@ -1,11 +1,11 @@
 """Step 4 of 5: train a model on the train split, keep the epoch that does best on the val split.
 
-The loop is the classic one: for each batch, predict, measure the error with cross-entropy, let
-autograd compute how every weight should move, and let Adam move them. After each epoch the model
-is scored on the validation images, which it never trains on; the epoch with the best validation AUC
-is kept, and training stops early once that has not improved for --patience epochs. The test split
-stays untouched until evaluate.py. With a few hundred labels, --folds K trains K models, each validated
-on a different K-th of the train and val images, and keeps them as one (see dataset.py).
+The loop is the classic one: for each batch, predict, measure the error with cross-entropy, let autograd
+compute how every weight should move, and let Adam move them. After each epoch the model is scored on the
+validation images, which it never trains on; the epoch with the best validation AUC is kept, and training
+stops early once that has not improved for --patience epochs (0: never, and the last epoch is kept). The
+test split stays untouched until evaluate.py. With a few hundred labels, --folds K trains K models, each
+validated on a different K-th of the train and val images, and keeps them as one (see dataset.py).
 
 Writes a checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, what evaluate.py
 needs to use them (model, image size, normalisation, validation predictions to choose a threshold from,
@@ -19,7 +19,7 @@ Examples:
   python train.py --model efficientnet_lite0 --pretrained  # ImageNet weights, offline: the one to use
   python train.py --model efficientnet_lite0 --pretrained --freeze-backbone --lr 3e-3 --epochs 100  # probe
   python train.py --model efficientnet_lite0 --pretrained --seed 1 --out checkpoints/lite0-1.pt  # to average
-  python train.py --model efficientnet_lite0 --pretrained --folds 5      # 5-fold cross-validation, one checkpoint
+  python train.py --model efficientnet_lite0 --pretrained --folds 5 --patience 0  # a few hundred labels: 5 folds
   python train.py --dry-run                                # one batch, one epoch: check the plumbing
   python train.py --resume checkpoints/baseline.pt         # carry on after Ctrl-C, a kill or a crash
   python train.py --data data/isic2024 --neg-per-pos 10    # 1 malignant in 1,000: balanced epochs
@@ -253,7 +253,8 @@ def parse_arguments():
                         "malignant image and K times as many benign ones, drawn afresh (for ISIC 2024's 1:1000)")
     parser.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: a linear probe, the "
                         "head trained on each image's features, computed once (seconds on a CPU; no augmentation)")
-    parser.add_argument("--patience", type=number(int, 1), default=5, help="stop after this many epochs without gain")
+    parser.add_argument("--patience", type=number(int, 0), default=5, metavar="N", help="stop after N epochs "
+                        "without gain; 0: never, and keep the last (a few dozen val images pick the best by chance)")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
     parser.add_argument("--workers", type=number(int, 0), default=None,
@@ -351,9 +352,9 @@ def fit(args, fold, interrupted, precision, rank, world_size, device):
                   f"{images_per_second:5.0f} images/s")
             # This epoch's weights, copied safe from further training: the best so far, or the state to resume from.
             weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
-            if val["score"] > best["score"]:
+            if val["score"] > best["score"] or args.patience == 0:
                 best = {"epoch": epoch, "score": val["score"], "weights": weights, "val": val}
-            finished = epoch == args.epochs or epoch - best["epoch"] >= args.patience
+            finished = epoch == args.epochs or 0 < args.patience <= epoch - best["epoch"]
             if rank == 0:  # the other processes hold the same weights and metrics: one copy is written
                 save_run(args, out, best, history, None if finished else {
                     "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

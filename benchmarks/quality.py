@@ -8,6 +8,7 @@ own flow (docs/RESULTS.md, "The budget"):
      folder with their metadata CSV;
   2. prepare_data.py splits those 400 itself (70/15/15 by lesion); train.py trains on them;
   3. evaluate.py scores the test and development pools (--test-only) and ISIC UDA.
+"budget-distinct" is the same with one image of each lesion drawn: 400 lesions instead of about 290.
 "few" and "all" are more generous: the older set-up below.
 
 The use case this project is about, measured honestly, every step the project's own script run as a
@@ -26,7 +27,7 @@ already scored in OUT (an interrupted benchmark, or a recipe shared with search.
 trained again: delete OUT to start afresh.
 
 Usage (a 2-core CPU: about 7 minutes per seed and budget recipe at 128 px, most of it scoring):
-  python benchmarks/quality.py --recipes budget-lite0 budget-lite0-224    # the README's headline
+  python benchmarks/quality.py --recipes budget-lite0 budget-lite0-folds5-fixed budget-distinct-lite0-fixed  # README
   python benchmarks/quality.py --recipes baseline lite0-plain lite0-recipe --seeds 0 1 2
 """
 import argparse
@@ -70,6 +71,12 @@ RECIPES = {
     "budget-lite0-folds5": ("budget", [*LITE0, "--folds", "5"], 1),
     # On a GPU, where --precision auto means bfloat16: what float32 would give instead (on a CPU both are fp32).
     "budget-lite0-fp32": ("budget", [*LITE0, "--precision", "fp32"], 1),
+    # The same 400 labels spent on 400 different lesions, one image each: what a user who chooses what to label gets.
+    "budget-distinct-lite0": ("budget-distinct", LITE0, 1),
+    # A fixed schedule: every epoch trained, the last kept, instead of the best on 60 validation images.
+    "budget-lite0-fixed": ("budget", [*LITE0, "--patience", "0"], 1),
+    "budget-distinct-lite0-fixed": ("budget-distinct", [*LITE0, "--patience", "0"], 1),
+    "budget-lite0-folds5-fixed": ("budget", [*LITE0, "--folds", "5", "--patience", "0"], 1),
 }
 SPLITS = ("val", "test", "UDA")
 BUDGET_SPLITS = ("dev", "test", "UDA")
@@ -135,8 +142,9 @@ def lesion_pools(ham):
     return meta, pools
 
 
-def prepare_budget(ham, uda, out, seed):
-    """The budget set-up's folders for one seed: (data folder, {split name: (data folder, split)})."""
+def prepare_budget(ham, uda, out, seed, one_per_lesion=False):
+    """The budget set-up's folders for one seed: (data folder, {split name: (data folder, split)}). With
+    one_per_lesion, a single image of each lesion drawn (at random), so that the 400 are 400 lesions."""
     meta, pools = lesion_pools(ham)
     scored_on = {"UDA": (out / "uda", "test")}
     if not (out / "uda" / "labels.csv").exists():
@@ -147,10 +155,12 @@ def prepare_budget(ham, uda, out, seed):
             source = ham_subset(ham, meta[meta["lesion_id"].isin(pools[pool])], out / f"ham-{pool}-source")
             run("prepare_data.py", "--source", source, "--out", folder, "--test-only")
         scored_on[pool] = (folder, "test")
-    data = out / f"budget-{seed}"
+    data = out / f"budget-{seed}{'-distinct' if one_per_lesion else ''}"
     if not (data / "labels.csv").exists():
         # Whole lesions, drawn at random, until each class has up to 200 images.
         rest = meta[meta["lesion_id"].isin(pools["rest"])]
+        if one_per_lesion:
+            rest = rest.sample(frac=1, random_state=seed).drop_duplicates("lesion_id")
         malignant = rest.groupby("lesion_id")["dx"].agg(lambda dx: bool(set(dx) & {"mel", "bcc"}))
         sizes, chosen, count = rest.groupby("lesion_id").size(), [], {True: 0, False: 0}
         lesions = sorted(malignant.index)
@@ -159,7 +169,7 @@ def prepare_budget(ham, uda, out, seed):
             if count[malignant[lesion]] + sizes[lesion] <= 200:
                 chosen.append(lesion)
                 count[malignant[lesion]] += sizes[lesion]
-        source = ham_subset(ham, rest[rest["lesion_id"].isin(chosen)], out / f"budget-{seed}-source")
+        source = ham_subset(ham, rest[rest["lesion_id"].isin(chosen)], Path(f"{data}-source"))
         run("prepare_data.py", "--source", source, "--out", data, "--seed", seed)
     return data, scored_on
 
@@ -271,8 +281,8 @@ def main():
     for name in args.recipes:  # every seed of a recipe before the next recipe: a cut-short run is still useful
         regime, options, members = RECIPES[name]
         for seed in args.seeds:
-            if regime == "budget":  # train.py's own defaults, as the user runs it
-                data, scored_on = prepare_budget(args.ham, args.uda, args.out, seed)
+            if regime.startswith("budget"):  # train.py's own defaults, as the user runs it
+                data, scored_on = prepare_budget(args.ham, args.uda, args.out, seed, regime == "budget-distinct")
                 row = train_and_score(name, options, data, scored_on, seed, args.epochs, BUDGET_SPLITS, members)
                 for count in CLINIC_IMAGES:
                     row.update(rechosen_threshold(data / f"{name}-UDA", count))
@@ -300,14 +310,14 @@ def print_report(regime, table, seeds):
     columns = {"auc": "AUC", "balanced_accuracy": "balanced acc.", "recall": "sensitivity",
                "specificity": "specificity", "pauc_80": "pAUC>80%", "accuracy": "accuracy"}
     print_table(table, {**{f"test {key}": name for key, name in columns.items()}, "train minutes": "train min."})
-    if regime == "budget":
+    if regime.startswith("budget"):
         print("\nHAM10000 development lesions (recipes may be chosen on these), at the same threshold:\n")
         print_table(table, {f"dev {key}": name for key, name in columns.items()})
     print("\nISIC UDA (another collection), at the same threshold:\n")
     print_table(table, {f"UDA {key}": name for key, name in columns.items() if key != "accuracy"})
     clinic = {"balanced_accuracy": "balanced acc.", "recall": "sensitivity", "specificity": "specificity",
               "recall sd": "sensitivity sd between draws"}
-    for count in CLINIC_IMAGES if regime == "budget" else ():
+    for count in CLINIC_IMAGES if regime.startswith("budget") else ():
         print(f"\nISIC UDA with its own thresholds, chosen on {count} of its labelled images (evaluate.py "
               f"--threshold-from), measured on the other {int(table['UDA n'].iloc[0]) - count} (mean of 20 draws):\n")
         print_table(table, {f"UDA rechosen on {count} {kind}{key}": f"{kind}{name}" for kind in ("", "screening ")

@@ -15,7 +15,7 @@ BAD_NUMBERS = [
     (train, ["--img-size"], ["--img-size", "4"]),
     (train, ["--lr"], ["--lr", "0"]),
     (train, ["--lr"], ["--lr", "-1"]),
-    (train, ["--patience"], ["--patience", "0"]),
+    (train, ["--patience"], ["--patience", "-1"]),
     (train, ["--neg-per-pos"], ["--neg-per-pos", "0"]),
     (train, ["--weight-decay"], ["--weight-decay", "-1"]),
     (train, ["--folds"], ["--folds", "0"]),

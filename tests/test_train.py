@@ -105,6 +105,25 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_data, tmp_path, monkeypat
     assert not torch.equal(info["state_dict"]["head.1.weight"], weights_validated[3]["head.1.weight"])
 
 
+def test_patience_zero_trains_every_epoch_and_keeps_the_last(synthetic_data, tmp_path, monkeypatch, capsys):
+    scripted = [0.90, 0.80, 0.70]  # the best epoch is the first: early stopping would keep it
+    real_validate = train.validate
+
+    def scripted_validate(model, *args):
+        val = real_validate(model, *args)
+        val["auc"] = val["score"] = scripted[len(seen)]
+        seen.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        return val
+
+    seen = []
+    monkeypatch.setattr(train, "validate", scripted_validate)
+    info = train_briefly(tmp_path, synthetic_data, monkeypatch, "fixed", "--no-tta", "--patience", 0, "--epochs", 3)
+    assert len(seen) == 3 and "stopping early" not in capsys.readouterr().out
+    assert info["epoch"] == 3 and info["val_metrics"]["auc"] == 0.70
+    for name, tensor in info["state_dict"].items():
+        assert torch.equal(tensor, seen[2][name]), name
+
+
 def test_focal_loss_by_hand():
     # logits (0, ln 3): P(malignant) = 3 / 4. Cross-entropy for a malignant image: -ln(3/4) = 0.2877;
     # focal loss with gamma 2 scales it by (1 - 3/4)^2 = 1/16.
