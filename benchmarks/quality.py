@@ -8,7 +8,7 @@ own flow (docs/RESULTS.md, "The budget"):
      folder with their metadata CSV;
   2. prepare_data.py splits those 400 itself (70/15/15 by lesion); train.py trains on them;
   3. evaluate.py scores the test and development pools (--test-only) and ISIC UDA.
-"budget-distinct" is the same with one image of each lesion drawn: 400 lesions instead of about 290.
+"budget-distinct" is the same with one image of each lesion drawn: 400 lesions instead of about 285.
 "few" and "all" are more generous: the older set-up below.
 
 The use case this project is about, measured honestly, every step the project's own script run as a
