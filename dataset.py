@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from helpers.charts import draw_augmentation_grid
 from helpers.files import DataError, Parser, number, stop
 from helpers.images import load_image
+from prepare_data import evidence_columns  # the one list of what counts as evidence
 
 
 def build_transforms(img_size, train, mean, std):
@@ -143,6 +144,53 @@ class CustomDataset(Dataset):
 
     def __getitem__(self, index):
         return self.transform(load_image(self.paths[index])), self.labels[index]
+
+
+# --- The metadata, as numbers ------------------------------------------------------------------------
+# prepare_data.py carried each image's age, sex and body site (and ISIC 2024's measurements) into
+# labels.csv, empty where unknown. A model weighs numbers, so a number stays a number (age in years) and
+# a word becomes one column per word of the vocabulary, 1 where it applies and 0 elsewhere ("one-hot").
+# Whatever is unknown is NaN: model.py's LateFusion reads NaN as "no evidence either way". A torso site
+# also lights a "torso" column, so that an older export's plain "torso" shares what the sides teach.
+WORD_COLUMNS = ("sex", "site")
+
+
+def metadata_encoding(table):
+    """Which features the metadata of these (training) images gives: every evidence column with at least
+    one value, each word column spelled out as one feature per word seen. None when there is no metadata."""
+    features, vocabulary = [], {}
+    for column in evidence_columns(table):
+        values = table[column].dropna()
+        if values.empty:
+            continue
+        if column in WORD_COLUMNS:
+            words = {word for value in values for word in words_of(value)}
+            vocabulary[column] = sorted(words)
+            features += [f"{column}: {word}" for word in vocabulary[column]]
+        else:
+            features.append(column)
+    return {"features": features, "vocabulary": vocabulary} if features else None
+
+
+def words_of(value):
+    """The one-hot columns a word lights: itself, and "torso" for a torso of any side."""
+    return {value, "torso"} if str(value).endswith("torso") else {value}
+
+
+def metadata_features(table, encoding):
+    """An (images x features) float tensor of the encoding's features for each row of the table, NaN
+    where a value is missing, the column is absent, or a word was never seen in training."""
+    columns = []
+    for feature in encoding["features"]:
+        column, _, word = feature.partition(": ")
+        values = table[column] if column in table else pd.Series(math.nan, index=table.index)
+        if word:  # one-hot: 1 where the word applies, 0 where another known word does, else missing
+            known = set(encoding["vocabulary"][column])
+            columns.append([math.nan if not isinstance(value, str) or value not in known
+                            else float(word in words_of(value)) for value in values])
+        else:
+            columns.append(pd.to_numeric(values, errors="coerce").astype(float).tolist())
+    return torch.tensor(columns, dtype=torch.float32).T.reshape(len(table), len(encoding["features"]))
 
 
 class EpochSampler(Sampler):

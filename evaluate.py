@@ -38,7 +38,8 @@ from dataset import CustomDataset, build_transforms, loader_options, read_labels
 from helpers.charts import draw_confusion_matrix, draw_roc, to_picture
 from helpers.files import DataError, Parser, number, save_atomically, save_image, stop
 from helpers.grad_cam import draw_grad_cam_gallery, grad_cam, overlay
-from model import load_checkpoint, pick_device
+from model import fused_probabilities, load_checkpoint, pick_device
+from prepare_data import SEXES, SITES, clean_age, clean_word
 from train import predict, roc_auc, roc_curve
 
 
@@ -110,15 +111,44 @@ def evaluation_transform(checkpoint):
 
 def score(members, table, batch_size, workers, device):
     """P(malignant) for each image of the table (labels.csv's columns), and the labels: each member sees
-    the images as it was validated (its own size, normalisation and test-time augmentation), and an
-    ensemble's probability is the mean of its members'. A split and a single image both come here."""
+    the images as it was validated (its own size, normalisation and test-time augmentation) and, if it was
+    trained with metadata, weighs the table's age, sex and site beside them; an ensemble's probability is
+    the mean of its members'. A split, a folder to predict and a single image all come here."""
+    per_member, labels = image_scores(members, table, batch_size, workers, device)
+    return with_metadata(members, per_member, table), labels
+
+
+def image_scores(members, table, batch_size, workers, device):
+    """Each member's P(malignant) for each image from the pixels alone (a list per member), and the labels."""
     probabilities = []
     for model, info in members:
         loader = DataLoader(CustomDataset(table, evaluation_transform(info)), batch_size, shuffle=False,
                             **loader_options(workers))
         member_probabilities, labels = predict(model, loader, device, info["tta"])
         probabilities.append(member_probabilities)
-    return mean_over_models(probabilities), labels
+    return probabilities, labels
+
+
+def with_metadata(members, per_member, table):
+    """The ensemble's probabilities, each member's fused with the metadata as it learnt (model.LateFusion)."""
+    return mean_over_models([fused_probabilities(info["fusion"], probabilities, table) if info.get("fusion")
+                             else probabilities for (_, info), probabilities in zip(members, per_member)])
+
+
+def metadata_note(members, table):
+    """One line: which metadata the models weigh, and how much of it this data has."""
+    fusion = next((info["fusion"] for _, info in members if info.get("fusion")), None)
+    if fusion is None:
+        return "metadata: not used (the models were trained without it)"
+    fields = dict.fromkeys(feature.split(": ")[0] for feature in fusion["features"])
+    present = [field for field in fields if field in table and table[field].notna().any()]
+    if not present:
+        return (f"note: this data has no {', '.join(fields)}; the models score it from the images, "
+                "as if that metadata were unknown")
+    known = [f"{field} (known for {int(table[field].notna().sum())} of {len(table)})" for field in present]
+    absent = [field for field in fields if field not in present]
+    return (f"metadata used: {', '.join(known)}" +
+            (f"; not in this data, so unknown: {', '.join(absent)}" if absent else ""))
 
 
 def mean_over_models(probabilities):
@@ -157,20 +187,27 @@ def without_nan(metrics):
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
-def write_report(out, report, metrics, table, probabilities, labels):
+def write_report(out, report, metrics, table, probabilities, labels, image_alone):
     """metrics.json, predictions.csv and the pictures of the confusion matrix and the ROC curve."""
     save_atomically(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     predictions = pd.DataFrame({"isic_id": table["isic_id"], "probability_malignant": probabilities,
-                                "label": labels, "predicted": [int(p >= metrics["threshold"]) for p in probabilities]})
+                                "label": labels, "predicted": [int(p >= metrics["threshold"]) for p in probabilities],
+                                "probability_image_alone": image_alone})
     save_atomically(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     draw_confusion_matrix(metrics["confusion_matrix"], metrics["threshold"], out / "confusion_matrix.png")
     fpr, tpr, _ = roc_curve(labels, probabilities)
     draw_roc(fpr, tpr, metrics, out / "roc.png")
 
 
-def classify_image(path, members, threshold, out, device):
-    """One image, scored exactly as a split is (same transform, TTA and ensemble), and its Grad-CAM."""
-    table = pd.DataFrame({"isic_id": [Path(path).stem], "load_path": [str(path)], "label": [0]})
+def classify_image(path, members, threshold, out, device, age=None, sex=None, site=None):
+    """One image, scored exactly as a split is (same transform, TTA, ensemble and metadata), and its Grad-CAM."""
+    table = pd.DataFrame({"isic_id": [Path(path).stem], "load_path": [str(path)], "label": [0],
+                          "age": clean_age([age]), "sex": clean_word([sex], SEXES), "site": clean_word([site], SITES)})
+    for name, given, cleaned in (("age", age, table["age"][0]), ("sex", sex, table["sex"][0]),
+                                 ("site", site, table["site"][0])):
+        if given is not None and pd.isna(cleaned):
+            print(f"note: --{name} {given!r} is not a value the models know; scored as unknown")
+    print(metadata_note(members, table))
     (probability,), _ = score(members, table, 1, 0, device)
     verdict = "malignant" if probability >= threshold else "benign"
     print(f"{path}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g})")
@@ -189,6 +226,10 @@ def parse_arguments():
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--out", default=None, help="folder for the report (default: reports/<checkpoint name>)")
     parser.add_argument("--image", default=None, help="classify this one image instead")
+    parser.add_argument("--age", default=None, help="with --image: the patient's age in years, if known")
+    parser.add_argument("--sex", default=None, help="with --image: female or male, if known")
+    parser.add_argument("--site", default=None, help="with --image: the body site, in the ISIC Archive's words "
+                        f"({', '.join(sorted(set(SITES.values())))}) or HAM10000's, if known")
     parser.add_argument("--target-sensitivity", type=number(float, 0, 1, low_open=True), default=None, metavar="S",
                         help="use the highest threshold that caught this share of the validation images' "
                              "malignant lesions (e.g. 0.9 for screening) instead of the best balanced accuracy")
@@ -215,22 +256,24 @@ def main():
         out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)
         out.mkdir(parents=True, exist_ok=True)
         if args.image:
-            return classify_image(args.image, members, threshold, out, device)
+            return classify_image(args.image, members, threshold, out, device, args.age, args.sex, args.site)
         data = args.data or members[0][1]["args"]["data"]
         table = read_split(data, args.split)
-        probabilities, labels = score(members, table, args.batch_size, worker_count(args.workers, device), device)
+        per_member, labels = image_scores(members, table, args.batch_size, worker_count(args.workers, device), device)
     except (DataError, ValueError) as error:
         stop(error)
+    probabilities, image_alone = with_metadata(members, per_member, table), mean_over_models(per_member)
 
-    metrics = all_metrics(labels, probabilities, threshold)
+    metrics = {**all_metrics(labels, probabilities, threshold), "auc_image_alone": roc_auc(labels, image_alone)}
     at_half = threshold_metrics(labels, probabilities, 0.5)
     names = " + ".join(f"{path} ({info['model']})" for path, (_, info) in zip(args.checkpoints, members))
     print(f"{names} on the {args.split} split of {data}:")
     print_report(metrics, at_half)
+    print(f"{metadata_note(members, table)}; the images alone: ROC AUC {metrics['auc_image_alone']:.3f}")
     report = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half), "checkpoints": args.checkpoints,
               "models": [info["model"] for _, info in members], "data": str(data), "split": args.split,
               "target_sensitivity": args.target_sensitivity, "threshold_from": args.threshold_from}
-    write_report(out, report, metrics, table, probabilities, labels)
+    write_report(out, report, metrics, table, probabilities, labels, image_alone)
     model, checkpoint = members[0]  # the one whose Grad-CAM is drawn
     draw_grad_cam_gallery(model, CustomDataset(table, evaluation_transform(checkpoint)), probabilities, labels,
                           threshold, out / "grad_cam.png", device, checkpoint["mean"], checkpoint["std"])

@@ -21,11 +21,13 @@ import os
 import pickle
 import sys
 
+import pandas as pd
 import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dataset import metadata_encoding, metadata_features
 from helpers.files import Progress, save_atomically
 
 MODEL_NAMES = ("baseline", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
@@ -199,6 +201,119 @@ class FoldEnsemble(nn.Module):
 
     def forward(self, images):
         return torch.stack([member(images).float().softmax(dim=1) for member in self.members]).mean(0).log()
+
+
+# --- Late fusion: the metadata weighed beside the image ----------------------------------------------------
+# The image model gives each lesion a probability; its age, sex and body site (dataset.py's metadata
+# features) are evidence it never saw. Late fusion weighs them together in a logistic regression, the
+# simplest model there is for a probability:
+#     log-odds = image_weight * (the image model's log-odds) + sum of weight_i * feature_i + bias
+# Each feature is first centred (minus its mean over the training images) and a number also scaled (divided
+# by its standard deviation), so that a weight says what one word, or one standard deviation of age,
+# does to the log-odds; a missing feature is then 0, the average, and moves nothing. train.py fits it on held-out images, ones the image model
+# never trained on (its log-odds there are as honest as on a new patient); the checkpoint carries it.
+
+# How firmly each metadata weight is held at 0 while it is fitted (see logistic_regression): chosen on the
+# HAM10000 development lesions, under the budget (python benchmarks/fusion_strength.py; docs/RESULTS.md).
+FUSION_STRENGTH = 10.0
+
+
+class LateFusion(nn.Module):
+    """P(malignant) from the image model's P(malignant) and the metadata features (NaN = missing)."""
+
+    def __init__(self, fusion):
+        super().__init__()
+        for name in ("centre", "scale", "weights"):
+            self.register_buffer(name, torch.tensor(fusion[name], dtype=torch.float32))
+        self.image_weight, self.bias = float(fusion["image_weight"]), float(fusion["bias"])
+
+    def forward(self, image_probability, features):
+        image_log_odds = torch.logit(image_probability.float().clamp(1e-6, 1 - 1e-6))
+        standardised = (features - self.centre) / self.scale
+        standardised = torch.where(torch.isnan(standardised), torch.zeros_like(standardised), standardised)
+        return torch.sigmoid(self.image_weight * image_log_odds + standardised @ self.weights + self.bias)
+
+
+def logistic_regression(inputs, labels, prior, strength, steps=50):
+    """The weights (bias first) that minimise the summed cross-entropy of sigmoid(bias + inputs @ weights)
+    plus strength[i]/2 times the squared distance of weight i from its prior: Newton's method, by hand.
+
+    The penalty keeps a few dozen images from fitting noise: a weight moves from its prior only as far as
+    the evidence pushes it. The loss is convex, so each Newton step (the gradient divided by the curvature)
+    heads for its one minimum, reached to rounding in a few steps."""
+    x = torch.cat([torch.ones(len(inputs), 1), inputs], dim=1).double()
+    y, prior, penalty = labels.double(), prior.double(), torch.diag(strength.double())
+    weights = prior.clone()
+    for _ in range(steps):
+        p = torch.sigmoid(x @ weights)
+        gradient = x.T @ (p - y) + penalty @ (weights - prior)
+        curvature = x.T @ (x * (p * (1 - p))[:, None]) + penalty
+        step = torch.linalg.solve(curvature, gradient)
+        weights -= step
+        if step.abs().max() < 1e-10:
+            break
+    return weights.float()
+
+
+def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
+    """A LateFusion, as the dict the checkpoint carries, fitted on the checkpoint's held-out predictions
+    (table: labels.csv's rows); None when the data has no metadata. Each feature is standardised over
+    every train and val image, which needs no label."""
+    labelled = table[table["split"].isin(["train", "val"])]
+    encoding = metadata_encoding(labelled)
+    if encoding is None:
+        return None
+    features = metadata_features(labelled, encoding)
+    # A number is measured in standard deviations; a 0/1 word column keeps its scale, so that its weight is
+    # what that word does to the log-odds: standardised, a word seen twice would stretch to +-10 and
+    # its weight slip past the penalty.
+    words = torch.tensor([": " in feature for feature in encoding["features"]])
+    centre = features.nanmean(0)
+    scale = torch.where(words, torch.ones_like(centre), nan_std(features).clamp(min=1e-6))
+    held_out = checkpoint["val_predictions"]
+    held_out = {**held_out, "probability": held_out.get("image_probability", held_out["probability"])}
+    rows = rows_of(table, held_out["isic_id"])
+    standardised = ((metadata_features(rows, encoding) - centre) / scale).nan_to_num(0.0)  # missing: average
+    image_log_odds = torch.logit(torch.tensor(held_out["probability"]).clamp(1e-6, 1 - 1e-6))
+    # The prior: the image model as it is (weight 1 on its log-odds) and no weight on any metadata. The
+    # bias and the image's weight, two numbers, are free to move; each metadata weight is held back.
+    count = len(encoding["features"])
+    prior = torch.tensor([0.0, 1.0] + [0.0] * count)
+    strengths = torch.tensor([1e-6, 1e-3] + [strength] * count)
+    weights = logistic_regression(torch.cat([image_log_odds[:, None], standardised], dim=1),
+                                  torch.tensor(held_out["label"]), prior, strengths)
+    return {**encoding, "centre": centre.tolist(), "scale": scale.tolist(), "weights": weights[2:].tolist(),
+            "image_weight": weights[1].item(), "bias": weights[0].item(), "fitted_on": len(rows)}
+
+
+def nan_std(features):
+    """Each column's standard deviation over its known values."""
+    return ((features - features.nanmean(0)) ** 2).nanmean(0).sqrt()
+
+def rows_of(table, isic_ids):
+    """The table's rows for these images, in this order."""
+    return table.set_index("isic_id").loc[list(isic_ids)].reset_index()
+
+
+def fused_probabilities(fusion, image_probabilities, table):
+    """The fusion's P(malignant) for each row of the table, from the image model's."""
+    with torch.inference_mode():
+        return LateFusion(fusion)(torch.tensor(image_probabilities), metadata_features(table, fusion)).tolist()
+
+
+def metadata_odds(fusion):
+    """What the fusion learnt, as (value, factor) pairs: how many times the odds of malignancy grow (or
+    shrink, below 1) when the image's age, sex or site is this value rather than unknown."""
+    def odds(**values):
+        p = fused_probabilities(fusion, [0.5], pd.DataFrame([values]))[0]
+        return p / (1 - p)
+
+    unknown, factors = odds(), []
+    if "age" in fusion["features"]:
+        factors += [(f"age {age}", odds(age=age) / unknown) for age in (20, 35, 50, 65, 80)]
+    for column, words in fusion["vocabulary"].items():
+        factors += [(word, odds(**{column: word}) / unknown) for word in words]
+    return factors
 
 
 def head_name(model):

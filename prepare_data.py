@@ -16,7 +16,8 @@ default 400 dermoscopic images (200 benign, 200 malignant: the archive lists its
 and most of those are benign) as 256 px thumbnails, into OUT/isic-archive-thumbnail/ in the layout the
 official isic-cli writes, and reads that; a second run fetches only what is missing.
 Writes OUT/labels.csv with columns isic_id, image_path, label, split, group, diagnosis, cached_path
-(a resized copy in OUT/resized-256/, made for each image larger than that; see --copy-size).
+(a resized copy in OUT/resized-256/, made for each image larger than that; see --copy-size), and the
+metadata that is evidence where the CSV has it: age, sex, site (and ISIC 2024's lesion measurements).
 
 Examples:
   python prepare_data.py                                          # 400 ISIC Archive images (needs internet)
@@ -57,6 +58,7 @@ def read_ham10000(csv, meta):
         "label": meta["dx"].str.strip().str.lower().map(HAM_DX),
         "diagnosis": meta["dx"],
         "lesion": meta["lesion_id"],
+        **read_evidence(meta),
     })
 
 
@@ -74,6 +76,7 @@ def read_isic_archive(csv, meta):
         "diagnosis": diagnosis,
         "lesion": meta.get("lesion_id"),
         "patient": meta.get("patient_id"),
+        **read_evidence(meta),
     })
 
 
@@ -85,6 +88,7 @@ def read_isic_2024(csv, meta):
         "label": meta["target"].str.strip().map({"0": 0, "1": 1}),
         "diagnosis": meta["target"],
         "patient": meta["patient_id"],
+        **read_evidence(meta),
     })
 
 
@@ -93,6 +97,84 @@ def read_class_folders(root):
             for label, name in enumerate(["benign", "malignant"])
             for path in sorted((root / name).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     return pd.DataFrame(rows, columns=["isic_id", "image_path", "label", "diagnosis"])
+
+
+# --- The metadata: evidence beside the pixels ----------------------------------------------------------
+# A dermatologist reads more than the picture: a new mole at 70 is not a new mole at 25, and melanoma
+# favours some parts of the body over others. Every collection ships such facts in its metadata CSV,
+# each under its own column names and words; they are read here into one vocabulary (the ISIC
+# Archive's), for train.py to weigh beside the image (see model.py, LateFusion).
+#
+# Evidence is what is known when the lesion is photographed, before anyone has diagnosed it. These are
+# the only columns ever read as features; everything else in a CSV is ignored. In particular, columns
+# that record the diagnosis, how it was confirmed, or anything known only after it would hand the model
+# the answer (a "leak"): its scores would look superb and mean nothing on a new patient. They are:
+#   HAM10000 dx, dx_type; ISIC Archive diagnosis*, diagnosis_confirm_type, benign_malignant, melanocytic;
+#   ISIC 2024 target, lesion_id, iddx_*, mel_mitotic_index, mel_thick_mm, tbp_lv_dnn_lesion_confidence
+#   (the last is the score of the vendor's own lesion classifier).
+AGE_COLUMNS = ("age_approx", "age")                                    # ISIC Archive and 2024, HAM10000
+SITE_COLUMNS = ("anatom_site_general", "anatom_site_general_challenge", "localization")  # new, old, HAM
+# ISIC 2024 measures each lesion on a 3D total-body photograph: its size, colour and shape. Numbers too.
+MEASUREMENT_COLUMNS = ("clin_size_long_diam_mm",)
+MEASUREMENT_PREFIX, NOT_EVIDENCE = "tbp_lv_", {"tbp_lv_dnn_lesion_confidence"}
+
+# Body sites, in the ISIC Archive's words (anatom_site_general), from every spelling met. "torso" is
+# the older exports' word for a torso whose side is not recorded; HAM10000 says "trunk" for it.
+SITES = {word: word for word in ("head/neck", "upper extremity", "lower extremity", "anterior torso",
+                                  "posterior torso", "lateral torso", "torso", "palms/soles", "oral/genital")}
+SITES.update({"scalp": "head/neck", "face": "head/neck", "ear": "head/neck", "neck": "head/neck",
+              "chest": "anterior torso", "abdomen": "anterior torso", "back": "posterior torso",
+              "trunk": "torso", "hand": "upper extremity", "foot": "lower extremity", "acral": "palms/soles",
+              "genital": "oral/genital"})
+SEXES = {"female": "female", "f": "female", "male": "male", "m": "male"}
+
+
+def clean_age(values):
+    """Ages as numbers; empty, 'NA', 'unknown' and impossible ages (below 0, over 120) become missing."""
+    ages = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    return ages.where(ages.between(0, 120))
+
+
+def clean_word(values, vocabulary):
+    """Each text in the vocabulary's own word (case and spaces ignored); any other text becomes missing."""
+    return pd.Series(values, dtype=object).map(lambda text: vocabulary.get(str(text).strip().lower()))
+
+
+def read_evidence(meta):
+    """The evidence columns of a metadata CSV (see above), cleaned: age, sex, site and measurements."""
+    found = {}
+    age = next((column for column in AGE_COLUMNS if column in meta), None)
+    site = next((column for column in SITE_COLUMNS if column in meta), None)
+    if age:
+        found["age"] = clean_age(meta[age]).to_numpy()
+    if "sex" in meta:
+        found["sex"] = clean_word(meta["sex"], SEXES).to_numpy()
+    if site:
+        found["site"] = clean_word(meta[site], SITES).to_numpy()
+    measurements = [column for column in meta.columns if column in MEASUREMENT_COLUMNS
+                    or column.startswith(MEASUREMENT_PREFIX) and column not in NOT_EVIDENCE]
+    for column in measurements:
+        values = pd.to_numeric(meta[column], errors="coerce")
+        if values.notna().any():  # a column of words (tbp_lv_location: "Left Leg") is no measurement
+            found[column] = values.to_numpy()
+    return found
+
+
+def evidence_columns(table):
+    """The evidence columns a table holds: those read_evidence wrote."""
+    return [column for column in table.columns if column in ("age", "sex", "site")
+            or column in MEASUREMENT_COLUMNS or column.startswith(MEASUREMENT_PREFIX)]
+
+
+def report_missing_evidence(table):
+    """One line: which evidence the images carry, and how much of it is missing."""
+    columns = evidence_columns(table)
+    if not columns:
+        print("metadata: none (no age, sex or body site in this data)")
+        return
+    shown = [f"{column} {int(table[column].isna().sum())}" for column in columns[:6]]
+    more = f", and {len(columns) - 6} more measurements" if len(columns) > 6 else ""
+    print(f"metadata missing, of {len(table)} images: {', '.join(shown)}{more}")
 
 
 # The columns that identify a layout, in the order they are tried.
@@ -372,9 +454,11 @@ def main():
                            for p in table["image_path"]]
     columns = ["isic_id", "image_path", "label", "split", "group", "diagnosis"]
     columns += ["cached_path"] if args.copy_size else []
+    columns += evidence_columns(table)
     # Write to a temporary name and rename: a crash never leaves a half-written labels.csv behind.
     save_atomically(out / "labels.csv", lambda tmp: table[columns].to_csv(tmp, index=False))
     print_counts(table)
+    report_missing_evidence(table)
     print(f"wrote {out / 'labels.csv'} ({len(table)} images, {table['group'].nunique()} groups)")
 
 

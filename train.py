@@ -37,12 +37,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, EpochSampler, build_loaders, build_transforms, worker_count
+from dataset import CustomDataset, EpochSampler, build_loaders, build_transforms, read_labels, worker_count
 from helpers import distributed, resume
-from helpers.charts import draw_augmentation_grid, draw_curves
+from helpers.charts import draw_augmentation_grid, draw_curves, draw_odds
 from helpers.files import DataError, Parser, Progress, number, save_atomically, stop
-from model import (PRECISIONS, autocast, backbone_features, build_model, choose_precision, head_name, normalisation,
-                   pick_device, read_checkpoint, save_checkpoint)
+from model import (PRECISIONS, autocast, backbone_features, build_model, choose_precision,
+                   fit_late_fusion, fused_probabilities, head_name, metadata_odds, normalisation, pick_device,
+                   read_checkpoint, rows_of, save_checkpoint)
 
 
 # --- One epoch of training -----------------------------------------------------------------------------
@@ -188,6 +189,35 @@ def linear_probe(model, train_loader, val_loader, args, device):
     return getattr(model, head_name(model)), train_loader, DataLoader(val_features, args.batch_size)
 
 
+# --- Late fusion: the metadata joins in, once the image model is trained -----------------------------
+# model.py's LateFusion weighs the image model's log-odds and the metadata in a logistic regression,
+# fitted on the held-out images the checkpoint carries predictions for: the val split, or with --folds
+# every train and val image, each scored by the model that never trained on it. (On its own training
+# images the image model is overconfident, and the fit would trust it too much.)
+
+def add_late_fusion(args):
+    """Fit the late fusion on the finished checkpoint and save it there; its validation predictions become
+    the fused ones, so that evaluate.py chooses its threshold on what it will score."""
+    checkpoint = read_checkpoint(args.out)
+    table = read_labels(args.data)
+    fusion = fit_late_fusion(checkpoint, table)
+    if fusion is None:
+        print(f"no metadata in {Path(args.data) / 'labels.csv'}: the image model decides alone")
+        return
+    held_out = checkpoint["val_predictions"]
+    image_alone = held_out.get("image_probability", held_out["probability"])  # a fusion fitted before: refitted
+    fused = fused_probabilities(fusion, image_alone, rows_of(table, held_out["isic_id"]))
+    alone, together = roc_auc(held_out["label"], image_alone), roc_auc(held_out["label"], fused)
+    checkpoint["val_predictions"] = {**held_out, "probability": fused, "image_probability": image_alone}
+    checkpoint["fusion"] = fusion
+    save_checkpoint(args.out, checkpoint.pop("state_dict"), **checkpoint)
+    draw_odds(metadata_odds(fusion), "what the metadata does to the odds of malignancy",
+              args.out.with_name(f"{args.out.stem}-metadata.png"))
+    fields = dict.fromkeys(feature.split(": ")[0] for feature in fusion["features"])
+    print(f"late fusion with {', '.join(fields)}: fitted on {fusion['fitted_on']} held-out images, "
+          f"AUC there {alone:.3f} for the image alone, {together:.3f} with the metadata; saved to {args.out}")
+
+
 # --- Saving and the command line ---------------------------------------------------------------------------
 
 def save_run(args, out, best, history=(), training_state=None, **info):
@@ -257,6 +287,9 @@ def parse_arguments():
                         "without gain; 0: never, and keep the last (a few dozen val images pick the best by chance)")
     parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K", help="cross-validation: K models, "
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
+    parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
+                        help="weigh each image's age, sex and body site (where labels.csv has them) beside the image "
+                             "model, in a logistic regression fitted on held-out images (default: on)")
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="processes that load images (default: see dataset.worker_count)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -392,6 +425,11 @@ def main():
             fit(args, fold, carry_on if fold == resumed else None, precision, rank, world_size, device)
         if rank == 0:
             save_cross_validated(args)
+    if rank == 0 and args.metadata and not args.dry_run:
+        try:
+            add_late_fusion(args)
+        except (DataError, ValueError) as error:
+            stop(error)
     distributed.finish(world_size)
 
 

@@ -208,6 +208,7 @@ def train_and_score(name, options, data, scored_on, seed, epochs, splits=SPLITS,
         positives = metrics["confusion_matrix"][1][0] + metrics["confusion_matrix"][1][1]
         row.update({f"{split} {key}": metrics[key] for key in
                     ("auc", "balanced_accuracy", "recall", "specificity", "pauc_80", "accuracy", "n")})
+        row[f"{split} auc image alone"] = metrics.get("auc_image_alone", metrics["auc"])  # without the metadata
         row[f"{split} majority accuracy"] = 1 - positives / metrics["n"]  # calling everything benign
         predictions = pd.read_csv(report / "predictions.csv")
         at_screening = threshold_metrics(predictions["label"].tolist(), predictions["probability_malignant"].tolist(),
@@ -313,6 +314,9 @@ def print_report(regime, table, seeds):
     if regime.startswith("budget"):
         print("\nHAM10000 development lesions (recipes may be chosen on these), at the same threshold:\n")
         print_table(table, {f"dev {key}": name for key, name in columns.items()})
+    print("\nAUC with the metadata (late fusion) and from the images alone (the same models):\n")
+    print_table(table, {f"{split} {key}": f"{split} {name}" for split in ("dev", "test", "UDA") if f"{split} auc" in table
+                        for key, name in (("auc", "AUC"), ("auc image alone", "images alone"))})
     print("\nISIC UDA (another collection), at the same threshold:\n")
     print_table(table, {f"UDA {key}": name for key, name in columns.items() if key != "accuracy"})
     clinic = {"balanced_accuracy": "balanced acc.", "recall": "sensitivity", "specificity": "specificity",

@@ -113,6 +113,34 @@ def draw_confusion_matrix(matrix, threshold, path, cell=150):
     save_image(image, path)
 
 
+def draw_odds(factors, title, path, row=26):
+    """One bar per (name, factor): how many times it multiplies the odds, on a log scale centred on 1
+    (bars to the right raise the odds, to the left lower them)."""
+    font = ImageFont.load_default(14)
+    left, top, width = 150, 50, 360
+    span = max(2.0, *(max(f, 1 / f) for _, f in factors))  # the axis runs from 1/span to span
+    ticks = [2.0 ** k for k in range(-8, 9) if 1 / span <= 2.0 ** k <= span]
+    image = Image.new("RGB", (left + width + 70, top + row * len(factors) + 50), "white")
+    draw = ImageDraw.Draw(image)
+
+    def x(factor):
+        return left + width / 2 * (1 + math.log(factor) / math.log(span))
+
+    draw.text((10, 15), title, fill="black", font=font)
+    for i, (name, factor) in enumerate(factors):
+        y = top + i * row
+        colour = (200, 60, 40) if factor > 1 else (40, 110, 200)
+        draw.rectangle([min(x(1), x(factor)), y + 4, max(x(1), x(factor)), y + row - 4], fill=colour)
+        draw.text((left - 10, y + row / 2), name, fill="black", font=font, anchor="rm")
+        draw.text((left + width + 12, y + row / 2), f"x{factor:.2f}", fill="black", font=font, anchor="lm")
+    bottom = top + row * len(factors) + 5
+    draw.line([(x(1), top - 5), (x(1), bottom)], fill="black")
+    for tick in ticks:
+        draw.line([(x(tick), bottom), (x(tick), bottom + 5)], fill="black")
+        draw.text((x(tick), bottom + 8), f"x{tick:g}", fill="black", font=font, anchor="mt")
+    save_image(image, path)
+
+
 def to_picture(tensor, mean, std):
     """Undo the normalisation of one image tensor, for showing it."""
     tensor = tensor.cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)

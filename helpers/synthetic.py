@@ -60,9 +60,20 @@ def draw_lesion(rng, malignant, size):
     return image
 
 
+def draw_metadata(rng, malignant):
+    """Age, sex and body site, as a metadata CSV would give them: malignant lesions come a little older
+    and more often on the back, as melanoma does, and one field in ten is unknown."""
+    age = round(min(90, max(5, rng.gauss(62 if malignant else 45, 14))))
+    site = rng.choice(["posterior torso"] * (3 if malignant else 1) + ["anterior torso", "lower extremity",
+                                                                        "upper extremity", "head/neck"])
+    row = {"age": age, "sex": rng.choice(["female", "male"]), "site": site}
+    return {key: None if rng.random() < 0.1 else value for key, value in row.items()}
+
+
 def make_synthetic(out, count, size, seed):
-    """Draw `count` lesions (about a third malignant) into OUT/images; deterministic for a seed."""
-    rng = random.Random(seed)
+    """Draw `count` lesions (about a third malignant) into OUT/images, each with its metadata;
+    deterministic for a seed."""
+    rng, metadata_rng = random.Random(seed), random.Random(seed + 1)  # the images do not depend on the metadata
     folder = out / "images"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -72,7 +83,8 @@ def make_synthetic(out, count, size, seed):
         path = folder / f"{image_id}.jpg"
         draw_lesion(rng, malignant, size).save(path, quality=92)
         rows.append({"isic_id": image_id, "image_path": path, "label": int(malignant),
-                     "diagnosis": "synthetic " + ("malignant" if malignant else "benign")})
+                     "diagnosis": "synthetic " + ("malignant" if malignant else "benign"),
+                     **draw_metadata(metadata_rng, malignant)})
     print(f"drew {count} synthetic lesions of {size}x{size} px into {folder}")
     return pd.DataFrame(rows)
 

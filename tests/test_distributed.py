@@ -28,7 +28,7 @@ def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_d
     assert "on cpu x 2 processes" in both.stdout
     assert both.stdout.count("epoch   1/3") == 1  # only rank 0 reports...
     assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [  # ...and writes, once
-        "model-augmentations.png", "model-curves.png", "model-log.csv", "model.pt"]
+        "model-augmentations.png", "model-curves.png", "model-log.csv", "model-metadata.png", "model.pt"]
 
     one, two = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("single", "two"))
     # Validation was split between the processes and gathered back: every image once, in order...
@@ -38,6 +38,6 @@ def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_d
     model, info = load_checkpoint(tmp_path / "two" / "model.pt")
     val_set = CustomDataset(read_split(synthetic_data, "val"), build_transforms(32, False, info["mean"], info["std"]))
     probabilities, _ = predict(model, DataLoader(val_set, batch_size=64), "cpu")
-    assert two["val_predictions"]["probability"] == pytest.approx(probabilities, abs=1e-5)
+    assert two["val_predictions"]["image_probability"] == pytest.approx(probabilities, abs=1e-5)
     # Not bit-identical to one process (batch norm sees 16 images, not 32; other augmentations), but close.
     assert abs(two["val_metrics"]["auc"] - one["val_metrics"]["auc"]) < 0.05, (two["val_metrics"], one["val_metrics"])

@@ -133,8 +133,11 @@ def test_one_image_is_scored_as_its_split_scores_it(trained_baseline, tmp_path, 
     labels = pd.read_csv(data / "labels.csv").query("split == 'test'")
     capsys.readouterr()
     # Ten images: one view and eight differ by only a few thousandths here, so one image could agree by chance.
-    for isic_id, image_path in zip(labels["isic_id"][:10], labels["image_path"][:10]):
-        assert run_main(evaluate, checkpoint, "--image", data / image_path, "--out", tmp_path / "one",
+    # Each with its metadata as labels.csv has it, on the command line (the model weighs it: test_metadata.py).
+    for _, row in labels.head(10).iterrows():
+        isic_id = row["isic_id"]
+        metadata = [word for name in ("age", "sex", "site") if pd.notna(row[name]) for word in (f"--{name}", row[name])]
+        assert run_main(evaluate, checkpoint, "--image", data / row["image_path"], *metadata, "--out", tmp_path / "one",
                         monkeypatch=monkeypatch) == 0
         printed = re.search(r"P\(malignant\) = (\S+) ->", capsys.readouterr().out).group(1)
         assert printed == format(predictions.loc[isic_id, "probability_malignant"], ".3f"), isic_id

@@ -109,7 +109,7 @@ def test_report_on_one_class_writes_null_and_still_draws(tmp_path):
     labels, scores = [0, 0, 0], [0.2, 0.7, 0.4]
     metrics = all_metrics(labels, scores, 0.5)
     table = pd.DataFrame({"isic_id": ["a", "b", "c"]})
-    write_report(tmp_path, without_nan(metrics), metrics, table, scores, labels)  # as evaluate.py's main does
+    write_report(tmp_path, without_nan(metrics), metrics, table, scores, labels, scores)  # as evaluate.py's main does
 
     written = json.loads((tmp_path / "metrics.json").read_text())  # json.loads would refuse a bare NaN
     for key in ("recall", "balanced_accuracy", "auc", "pauc_80"):

@@ -46,8 +46,9 @@ def test_checkpoint_carries_what_evaluation_needs(trained_baseline):
     predictions = info["val_predictions"]
     assert predictions["isic_id"] == val["isic_id"].tolist() and predictions["label"] == val["label"].tolist()
     assert all(0 <= p <= 1 for p in predictions["probability"])
-    # ...and the metrics of the best epoch, worked out again here from those predictions.
-    labels, probabilities = predictions["label"], predictions["probability"]
+    # ...and the metrics of the best epoch, worked out again here from the image model's predictions (the
+    # metadata's fusion, fitted once training is over, comes on top: tests/test_metadata.py).
+    labels, probabilities = predictions["label"], predictions["image_probability"]
     assert info["val_metrics"]["auc"] == pytest.approx(pairwise_auc(labels, probabilities))
     log_loss = -sum(math.log(p if y else 1 - p) for p, y in zip(probabilities, labels)) / len(labels)
     assert info["val_metrics"]["loss"] == pytest.approx(log_loss)
@@ -180,7 +181,7 @@ def test_recipe_options_are_used_and_recorded(synthetic_data, tmp_path, monkeypa
     dataset = CustomDataset(val, build_transforms(32, False, checkpoint["mean"], checkpoint["std"]))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     averaged, one_view = dihedral_probabilities(model, images)
-    stored = info["val_predictions"]["probability"]
+    stored = info["val_predictions"]["image_probability"]  # the image model's, before the metadata joins in
     assert stored == pytest.approx(averaged.tolist(), abs=1e-5)
     assert stored != pytest.approx(one_view.tolist(), abs=1e-3)  # so one view alone would not pass
 
@@ -261,10 +262,12 @@ def test_cross_validation_saves_one_checkpoint_scored_out_of_fold(synthetic_data
     pool = pool.set_index("isic_id").loc[val["isic_id"]].reset_index()
     loader = DataLoader(CustomDataset(pool, evaluate.evaluation_transform(info)), batch_size=64)
     by_member = [train.predict(member, loader, "cpu", tta=True)[0] for member in model.members]
-    for i, (image, probability) in enumerate(zip(val["isic_id"], val["probability"])):
+    for i, (image, probability) in enumerate(zip(val["isic_id"], val["image_probability"])):
         assert probability == pytest.approx(by_member[fold_of[image]][i], abs=1e-6)
     assert val["label"] == pool["label"].tolist()
-    assert info["val_metrics"]["auc"] == pytest.approx(train.roc_auc(val["label"], val["probability"]))
+    assert info["val_metrics"]["auc"] == pytest.approx(train.roc_auc(val["label"], val["image_probability"]))
+    # The metadata's fusion is fitted on all of those out-of-fold predictions, and the threshold chosen on it.
+    assert info["fusion"]["fitted_on"] == len(pool)
     # At test time, the mean of the three models' probabilities.
     ensemble, _ = train.predict(model, loader, "cpu", tta=True)
     assert ensemble == pytest.approx([sum(p) / 3 for p in zip(*by_member)], abs=1e-6)
