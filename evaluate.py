@@ -19,6 +19,12 @@ it on a few dozen of that clinic's own labelled images instead. Writes OUT/metri
 OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png (where the model
 looked, on its most confident hits and misses).
 
+--predict scores images without labels instead, exactly as a split is scored, and writes
+OUT/submission.csv (isic_id, target: the probability of malignancy), as the ISIC 2024 challenge takes
+it. PATH is a metadata CSV (its rows in order; the images in an HDF5 file beside it, as test-metadata.csv
+has test-image.hdf5, or as files beside it, in images/ or in test-image/image/), an HDF5 file (every key,
+sorted) or a folder of image files (sorted by name, each named after its file).
+
 Examples:
   python evaluate.py checkpoints/baseline.pt
   python evaluate.py checkpoints/resnet18.pt --data data/uda --split test --out reports/uda
@@ -26,20 +32,25 @@ Examples:
   python evaluate.py checkpoints/resnet18.pt --target-sensitivity 0.9    # a screening operating point
   python evaluate.py checkpoints/seed0.pt checkpoints/seed1.pt checkpoints/seed2.pt   # an ensemble
   python evaluate.py checkpoints/resnet18.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
+  python evaluate.py checkpoints/isic2024.pt --predict ../isic-2024/test-metadata.csv   # a Kaggle submission
+  python evaluate.py checkpoints/resnet18.pt --predict photos/ --out reports/photos     # a folder of images
 """
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count
+from helpers import hdf5
 from helpers.charts import draw_confusion_matrix, draw_roc, to_picture
 from helpers.files import DataError, Parser, number, save_atomically, save_image, stop
 from helpers.grad_cam import draw_grad_cam_gallery, grad_cam, overlay
 from model import fused_probabilities, load_checkpoint, pick_device
-from prepare_data import SEXES, SITES, clean_age, clean_word
+from prepare_data import (IMAGE_SUFFIXES, SEXES, SITES, clean_age, clean_word, find_images, read_evidence, read_metadata,
+                          refuse_paths_outside)
 from train import predict, roc_auc, roc_curve
 
 
@@ -218,6 +229,62 @@ def classify_image(path, members, threshold, out, device, age=None, sex=None, si
     print(f"where it looked: {out / f'grad_cam_{Path(path).stem}.png'}")
 
 
+# --- Predicting: a submission for images without labels -------------------------------------------------
+
+def prediction_table(path):
+    """The images that --predict scores, in the submission's order, as score() takes them: isic_id,
+    load_path, label (0: unknown, not read) and, from a metadata CSV, every column of its rows, its
+    evidence (age, sex, site, measurements) cleaned for the models that weigh it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give a metadata CSV, an HDF5 file or a folder of images")
+    if path.is_dir():
+        files = sorted(file for file in path.iterdir() if file.suffix.lower() in IMAGE_SUFFIXES)
+        table = pd.DataFrame({"isic_id": [file.stem for file in files], "load_path": list(map(str, files))})
+        twice = table["isic_id"][table["isic_id"].duplicated()].tolist()
+        if twice:  # a.jpg and a.png: one id, two rows of a submission
+            raise DataError(f"{path}: two image files are named {twice[0]!r}; rename or remove one of them")
+    elif path.suffix.lower() in hdf5.SUFFIXES:
+        keys = hdf5.keys(path)
+        table = pd.DataFrame({"isic_id": keys, "load_path": [hdf5.address(path, key) for key in keys]})
+    else:
+        table = csv_images(path, read_metadata(path))
+    if table.empty:
+        raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))} files, or HDF5 keys); "
+                        "point --predict at the images")
+    return table.assign(label=0)
+
+
+def csv_images(csv, meta):
+    """A metadata CSV's rows with the load_path of each row's image: in the HDF5 file beside it, if any
+    (see helpers/hdf5.py), else <isic_id>.jpg (.png ...) beside it, in images/ or in test-image/image/.
+    A row without an image stops the run: a submission lacking a row would be refused, or scored wrong."""
+    if "isic_id" not in meta:
+        raise DataError(f"{csv} has no isic_id column (it has: {', '.join(meta.columns)}); --predict reads a "
+                        "metadata CSV with one row per image, named by isic_id")
+    ids, packed = meta["isic_id"].fillna(""), hdf5.beside(csv)
+    if packed:
+        paths = [hdf5.address(packed, image_id) for image_id in ids]
+        missing = ~ids.isin(set(hdf5.keys(packed)))
+    else:
+        paths = find_images([csv.parent, csv.parent / "images", csv.parent / "test-image" / "image"], ids)
+        refuse_paths_outside(pd.DataFrame({"isic_id": ids, "image_path": paths}), csv)
+        missing = ~pd.Series(map(os.path.exists, paths), index=meta.index)
+    if missing.any():
+        row = missing.idxmax()
+        raise DataError(f"{csv}, line {row + 2}: no image {ids[row]!r} in {packed or csv.parent} "
+                        f"({missing.sum()} such rows); add the images, or remove those rows")
+    return meta.assign(load_path=paths, **read_evidence(meta))  # its metadata, cleaned as prepare_data.py does
+
+
+def write_submission(members, table, out, batch_size, workers, device):
+    """OUT/submission.csv: isic_id and target, each image's P(malignant), scored as a split is."""
+    probabilities, _ = score(members, table, batch_size, workers, device)
+    submission = pd.DataFrame({"isic_id": table["isic_id"], "target": probabilities})
+    save_atomically(out / "submission.csv", lambda tmp: submission.to_csv(tmp, index=False))
+    print(f"wrote {out / 'submission.csv'}: P(malignant) of {len(submission)} images")
+
+
 def parse_arguments():
     parser = Parser(__doc__)
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
@@ -225,7 +292,11 @@ def parse_arguments():
     parser.add_argument("--data", default=None, help="folder with labels.csv (default: the one trained on)")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--out", default=None, help="folder for the report (default: reports/<checkpoint name>)")
-    parser.add_argument("--image", default=None, help="classify this one image instead")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--image", default=None, help="classify this one image instead")
+    given.add_argument("--predict", default=None, metavar="PATH",
+                       help="write OUT/submission.csv (isic_id, target) for images without labels: a metadata "
+                            "CSV, an HDF5 file or a folder of images (see above)")
     parser.add_argument("--age", default=None, help="with --image: the patient's age in years, if known")
     parser.add_argument("--sex", default=None, help="with --image: female or male, if known")
     parser.add_argument("--site", default=None, help="with --image: the body site, in the ISIC Archive's words "
@@ -257,6 +328,9 @@ def main():
         out.mkdir(parents=True, exist_ok=True)
         if args.image:
             return classify_image(args.image, members, threshold, out, device, args.age, args.sex, args.site)
+        if args.predict:
+            return write_submission(members, prediction_table(args.predict), out, args.batch_size,
+                                    worker_count(args.workers, device), device)
         data = args.data or members[0][1]["args"]["data"]
         table = read_split(data, args.split)
         per_member, labels = image_scores(members, table, args.batch_size, worker_count(args.workers, device), device)

@@ -8,7 +8,8 @@ patient and no byte-identical file ever sits on two sides of the split.
 Reads (detected from the CSV's columns, or from the folder):
   HAM10000            HAM10000_metadata.csv: image_id, dx, lesion_id;   images/<image_id>.jpg
   ISIC Archive        metadata.csv: isic_id + benign_malignant or diagnosis_1;  <isic_id>.jpg
-  ISIC 2024 (Kaggle)  train-metadata.csv: isic_id, target, patient_id;  train-image/image/<isic_id>.jpg
+  ISIC 2024 (Kaggle)  train-metadata.csv: isic_id, target, patient_id;  train-image.hdf5 (one JPEG per
+                      isic_id) or train-image/image/<isic_id>.jpg
   folder per class    benign/*.jpg, malignant/*.jpg
   synthetic           a built-in set of drawn lesions, so everything runs offline with no data
 With no --source (or --source isic-archive) it first downloads a subset of the public ISIC Archive, by
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from helpers import hdf5
 from helpers.files import DataError, Parser, in_threads, number, report_skipped, save_atomically, stop
 from helpers.images import add_resized_copies, inspect_image
 from helpers.isic_archive import ISIC_API, ISIC_FILES, ISIC_MAX_IMAGES, ISIC_QUERY, download_isic_archive
@@ -81,15 +83,25 @@ def read_isic_archive(csv, meta):
 
 
 def read_isic_2024(csv, meta):
-    folders = [csv.parent / "train-image" / "image", csv.parent / "images", csv.parent]
     return pd.DataFrame({
         "isic_id": meta["isic_id"],
-        "image_path": find_images(folders, meta["isic_id"]),
+        "image_path": isic_2024_images(csv, meta["isic_id"]),
         "label": meta["target"].str.strip().map({"0": 0, "1": 1}),
         "diagnosis": meta["target"],
         "patient": meta["patient_id"],
         **read_evidence(meta),
     })
+
+
+def isic_2024_images(csv, image_ids):
+    """Kaggle ships the images as one HDF5 file, train-image.hdf5, and optionally unpacked as
+    train-image/image/<isic_id>.jpg: the files where that folder exists, else each id's image in the HDF5."""
+    folders = [csv.parent / "train-image" / "image", csv.parent / "images", csv.parent]
+    packed = csv.parent / "train-image.hdf5"
+    if folders[0].is_dir() or not packed.exists():
+        return find_images(folders, image_ids)
+    hdf5.handle(packed)  # opened once here: a truncated or foreign file stops in one line, not at every image
+    return [hdf5.address(packed, image_id) for image_id in image_ids]
 
 
 def read_class_folders(root):
@@ -212,6 +224,19 @@ def refuse_paths_outside(table, csv):
     return table
 
 
+def read_metadata(csv):
+    """A metadata CSV as text, every column as it is (dtype=str: no guessing, no mixed-type warnings)."""
+    try:
+        meta = pd.read_csv(csv, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
+            from None
+    meta.columns = meta.columns.str.strip()
+    return meta
+
+
 def read_source(source):
     """Detect the layout of a CSV file or a folder and read it into the common columns."""
     if not source.exists():
@@ -225,14 +250,7 @@ def read_source(source):
                         "point --source at the CSV or at a folder with one class per subfolder")
     seen = []
     for csv in csvs:
-        try:
-            meta = pd.read_csv(csv, dtype=str)
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
-                from None
-        meta.columns = meta.columns.str.strip()
+        meta = read_metadata(csv)
         for name, columns, reader in LAYOUTS:
             if columns <= set(meta.columns):
                 print(f"layout: {name}, from {csv} ({len(meta)} rows)")

@@ -3,6 +3,7 @@
 - load_image: any image file as 8-bit RGB, upright, or a DataError naming the file;
 - inspect_image: whether a file decodes, its sha1 and its size, without a full decode;
 - add_resized_copies: a small copy of every large image, decoded once instead of every epoch.
+Each takes a file path or the address of an image inside an HDF5 file, 'FILE.hdf5::KEY' (helpers/hdf5.py).
 """
 import hashlib
 import io
@@ -12,7 +13,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from helpers import hdf5
 from helpers.files import DataError, in_threads, save_atomically
+
+
+def read_bytes(path):
+    """The bytes of an image file, or of an image inside an HDF5 file."""
+    return hdf5.read(path) if hdf5.split_address(path) else Path(path).read_bytes()
 
 
 def refuse_huge(image, path):
@@ -30,7 +37,7 @@ def load_image(path, shorter_side=None):
     throw away, and a 6000x4000 photo wanted at 256 px decodes ten times faster or more.
     """
     try:
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(read_bytes(path)))
         refuse_huge(image, path)
         if shorter_side:
             scale = shorter_side / min(image.size)
@@ -50,7 +57,7 @@ def load_image(path, shorter_side=None):
 def inspect_image(path):
     """(sha1 of the file, None, its shorter side in pixels) if it decodes, else (None, the reason, None)."""
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)
         image = Image.open(io.BytesIO(data))
         refuse_huge(image, path)
         shorter_side = min(image.size)
@@ -72,8 +79,13 @@ def inspect_image(path):
 # decoded and resized once; the Dataset reads the copy. A little above the training size leaves
 # random crops room to zoom in. Originals are never touched. Copies are named after the sha1 of their
 # original, so a changed original gets a new copy and a second run reuses what is still valid.
+# An image inside an HDF5 file gets a copy whatever its size, so that training reads plain files: a small
+# one its bytes as they are, the JPEG file that Kaggle also ships as train-image/image/<isic_id>.jpg.
 
-def make_resized_copy(path, target, shorter_side):
+def make_copy(path, target, shorter_side, resize):
+    """Write target: the image with this shorter side, or without resize, its bytes as they are."""
+    if not resize:
+        return save_atomically(target, lambda tmp: Path(tmp).write_bytes(read_bytes(path)))
     image = load_image(path, shorter_side)  # JPEGs decode straight at 1/2, 1/4 or 1/8 scale
     scale = shorter_side / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
@@ -84,19 +96,23 @@ def add_resized_copies(table, out, shorter_side):
     """A `cached_path` column: the copy's path inside OUT, or empty where the original is small enough."""
     folder = out / f"resized-{shorter_side}"
     large = table["shorter_side"] > shorter_side
-    targets = {sha1: folder / f"{sha1}.jpg" for sha1 in table.loc[large, "sha1"]}
+    packed = table["image_path"].map(hdf5.split_address).notna() & ~large  # small, but inside an HDF5 file
+    copied = large | packed
+    targets = {sha1: folder / f"{sha1}.jpg" for sha1 in table.loc[copied, "sha1"]}
     # One copy per distinct file (keyed by sha1): two ids of one file must not write the same copy at once.
-    todo = list({sha1: (path, targets[sha1]) for sha1, path in zip(table.loc[large, "sha1"],
-                                                                    table.loc[large, "image_path"])
+    todo = list({sha1: (path, targets[sha1], big) for sha1, path, big in zip(table.loc[copied, "sha1"],
+                                                                              table.loc[copied, "image_path"],
+                                                                              large[copied])
                  if not targets[sha1].exists()}.values())
     if todo:
         folder.mkdir(parents=True, exist_ok=True)
         try:  # decoding and resizing release Python's lock, so threads use every core
-            in_threads(lambda job: make_resized_copy(*job, shorter_side), todo, "resized", os.cpu_count() or 1,
-                       block=16)
+            in_threads(lambda job: make_copy(job[0], job[1], shorter_side, job[2]), todo, "copied",
+                       os.cpu_count() or 1, block=16)
         except KeyboardInterrupt:
             print(f"\ninterrupted; the copies made so far stay in {folder}, and the same command makes the rest")
             raise SystemExit(130) from None
-    print(f"resized copies (shorter side {shorter_side} px) of {int(large.sum())} images in {folder}: "
-          f"{len(todo)} made now; {int((~large).sum())} images are small enough to read as they are")
-    return [os.path.relpath(targets[sha1], out) if big else None for sha1, big in zip(table["sha1"], large)]
+    taken_out = f", and plain copies of {int(packed.sum())} smaller images out of HDF5" if packed.any() else ""
+    print(f"resized copies (shorter side {shorter_side} px) of {int(large.sum())} images in {folder}{taken_out}: "
+          f"{len(todo)} made now; {int((~copied).sum())} images are small enough to read as they are")
+    return [os.path.relpath(targets[sha1], out) if copy else None for sha1, copy in zip(table["sha1"], copied)]

@@ -1,6 +1,7 @@
 """The built-in synthetic set of drawn lesions, so that everything runs offline; a first reading can skip it.
 
-prepare_data.py --source synthetic calls make_synthetic.
+prepare_data.py --source synthetic calls make_synthetic; isic_2024_metadata writes a table shaped as
+Kaggle's ISIC 2024 metadata, for the tests and benchmarks/speed.py.
 """
 import math
 import random
@@ -89,3 +90,43 @@ def make_synthetic(out, count, size, seed):
     return pd.DataFrame(rows)
 
 
+
+
+# --- An ISIC 2024-shaped metadata table (tests, benchmarks/speed.py --big-table) ---------------------------
+# The columns of Kaggle's train-metadata.csv, in its order; test-metadata.csv has all but LABEL_COLUMNS.
+ISIC_2024_COLUMNS = (
+    "isic_id target patient_id age_approx sex anatom_site_general clin_size_long_diam_mm image_type "
+    "tbp_tile_type tbp_lv_A tbp_lv_Aext tbp_lv_B tbp_lv_Bext tbp_lv_C tbp_lv_Cext tbp_lv_H tbp_lv_Hext tbp_lv_L "
+    "tbp_lv_Lext tbp_lv_areaMM2 tbp_lv_area_perim_ratio tbp_lv_color_std_mean tbp_lv_deltaA tbp_lv_deltaB "
+    "tbp_lv_deltaL tbp_lv_deltaLB tbp_lv_deltaLBnorm tbp_lv_eccentricity tbp_lv_location tbp_lv_location_simple "
+    "tbp_lv_minorAxisMM tbp_lv_nevi_confidence tbp_lv_norm_border tbp_lv_norm_color tbp_lv_perimeterMM "
+    "tbp_lv_radial_color_std_max tbp_lv_stdL tbp_lv_stdLExt tbp_lv_symm_2axis tbp_lv_symm_2axis_angle tbp_lv_x "
+    "tbp_lv_y tbp_lv_z attribution copyright_license lesion_id iddx_full iddx_1 iddx_2 iddx_3 iddx_4 iddx_5 "
+    "mel_mitotic_index mel_thick_mm tbp_lv_dnn_lesion_confidence").split()
+ISIC_2024_LABEL_COLUMNS = ["target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
+                           "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
+
+
+def isic_2024_metadata(ids, targets, patients, seed=0, test=False):
+    """A table with train-metadata.csv's columns (test-metadata.csv's with test=True) for these ids, targets
+    and patients, the rest filled as Kaggle fills them: ages now and then empty or 'NA', numbers in the
+    tbp_lv_ columns, text elsewhere, a lesion id and a diagnosis only for some rows, mostly empty mel_ columns."""
+    rng = random.Random(seed)
+    rows = len(ids)
+    table = {"isic_id": list(ids), "target": list(targets), "patient_id": list(patients),
+             "age_approx": [rng.choice([45, 60, 75, "", "NA"]) for _ in range(rows)],
+             "sex": [rng.choice(["male", "female", ""]) for _ in range(rows)],
+             "anatom_site_general": [rng.choice(["posterior torso", "lower extremity", "head/neck", ""])
+                                     for _ in range(rows)],
+             "tbp_lv_location": [rng.choice(["Torso Back Top Third", "Left Leg - Lower"]) for _ in range(rows)],
+             "image_type": ["TBP tile: close-up"] * rows, "tbp_tile_type": ["3D: white"] * rows,
+             "attribution": ["Memorial Sloan Kettering Cancer Center"] * rows, "copyright_license": ["CC-BY"] * rows,
+             "lesion_id": [f"IL_{rng.randrange(10**7):07d}" if rng.random() < 0.05 else "" for _ in range(rows)],
+             "iddx_full": ["Malignant::Malignant epidermal proliferations" if t else "Benign" for t in targets],
+             "iddx_1": ["Malignant" if t else "Benign" for t in targets]}
+    for column in ISIC_2024_COLUMNS:
+        if column not in table:  # the measurements: numbers, the rare melanoma figures mostly empty
+            empty = column.startswith(("iddx_", "mel_"))
+            table[column] = ["" if empty else round(rng.uniform(0, 100), 4) for _ in range(rows)]
+    columns = [c for c in ISIC_2024_COLUMNS if not (test and c in ISIC_2024_LABEL_COLUMNS)]
+    return pd.DataFrame(table)[columns]

@@ -1,10 +1,13 @@
 """prepare_data.py: the four layouts, labels, exclusions, grouping, splits and subsets."""
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from torch.utils.data import DataLoader
 
 import prepare_data
-from conftest import make_image, run_main
+from conftest import jpeg_bytes, make_isic_2024, make_image, run_main, run_script, write_hdf5
 from dataset import CustomDataset, build_transforms, read_split
 
 
@@ -100,6 +103,53 @@ def test_isic_2024_layout(tmp_path, monkeypatch):
     assert len(table) == 30 and table["label"].sum() == 10
     assert table["group"].nunique() == 7
     assert_groups_never_cross_splits(table)
+
+
+def test_isic_2024_as_kaggle_ships_it_reads_train_image_hdf5(tmp_path):
+    # No train-image/ folder: the images are in train-image.hdf5, the 55 columns of every kind and mixed types.
+    root = make_isic_2024(tmp_path / "isic2024", count=36, patients=9)
+    meta = pd.read_csv(root / "train-metadata.csv", dtype=str)
+    with h5py.File(root / "train-image.hdf5", "a") as file:  # ISIC_0000035 again, byte for byte, as ISIC_0000036
+        file["ISIC_0000036"] = file["ISIC_0000035"][()]
+    extra = meta.iloc[[35, 35]].assign(isic_id=["ISIC_0000036", "ISIC_0000037"], patient_id=["IP_X", "IP_Y"])
+    pd.concat([meta, extra]).to_csv(root / "train-metadata.csv", index=False)  # ISIC_0000037: no image at all
+    step = run_script("prepare_data.py", "--source", root, "--out", tmp_path / "out")
+    assert step.returncode == 0 and step.stderr == "", step.stderr  # no pandas DtypeWarning, no warning at all
+    assert "skipped 1 rows: image file missing: ISIC_0000037" in step.stdout
+    table = pd.read_csv(tmp_path / "out" / "labels.csv", dtype={"group": str})
+    assert len(table) == 37 and table["label"].sum() == 12
+    assert table["group"].nunique() == 9  # the patients; IP_X joined ISIC_0000035's patient by identical bytes
+    assert_groups_never_cross_splits(table)
+    with h5py.File(root / "train-image.hdf5") as file:  # every image copied out, byte for byte, for training
+        for row in table.itertuples():
+            assert (tmp_path / "out" / row.cached_path).read_bytes() == np.asarray(file[row.isic_id][()]).tobytes()
+    dataset = CustomDataset(read_split(tmp_path / "out", "train"), build_transforms(32, False, (0.5,) * 3, (0.5,) * 3))
+    assert all(dataset[i][0].shape == (3, 32, 32) for i in range(len(dataset)))
+
+
+def test_isic_2024_images_too_large_are_resized_and_copy_size_0_reads_the_hdf5_itself(tmp_path, monkeypatch):
+    root = make_isic_2024(tmp_path / "isic2024", count=24, patients=12)
+    write_hdf5(root / "train-image.hdf5", {f"ISIC_{i:07d}": jpeg_bytes((i * 9, 60, 90), (80, 60) if i < 4 else (24, 20))
+                                           for i in range(24)})
+    table = prepare(monkeypatch, root, tmp_path / "out", "--copy-size", 40)
+    assert all(Image.open(tmp_path / "out" / path).size == ((53, 40) if i < 4 else (24, 20))
+               for i, path in zip(table["isic_id"].str[-2:].astype(int), table["cached_path"]))
+    table = prepare(monkeypatch, root, tmp_path / "plain", "--copy-size", 0)
+    assert (table["image_path"].str.rsplit("/", n=1).str[1] == "train-image.hdf5::" + table["isic_id"]).all()
+    for workers in (0, 1):  # read in this process, then in a worker process with its own h5py handle
+        loader = DataLoader(CustomDataset(read_split(tmp_path / "plain", "train"),
+                                          build_transforms(16, False, (0.5,) * 3, (0.5,) * 3)), 8, num_workers=workers)
+        assert sum(len(labels) for _, labels in loader) == (table["split"] == "train").sum()
+
+
+def test_a_truncated_or_foreign_train_image_hdf5_stops_naming_it(tmp_path, monkeypatch, capsys):
+    root = make_isic_2024(tmp_path / "isic2024", count=12, patients=4)
+    whole = (root / "train-image.hdf5").read_bytes()
+    for broken in (whole[:len(whole) // 2], b"not an HDF5 file at all"):
+        (root / "train-image.hdf5").write_bytes(broken)
+        assert run_main(prepare_data, "--source", root, "--out", tmp_path / "out", monkeypatch=monkeypatch) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "train-image.hdf5 is not a readable HDF5 file" in error, error
 
 
 def test_folder_per_class_and_identical_files_share_a_group(tmp_path, monkeypatch):

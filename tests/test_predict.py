@@ -1,0 +1,154 @@
+"""evaluate.py --predict: a submission.csv for images without labels, from a metadata CSV, an HDF5 file or a
+folder, scored exactly as evaluate.py scores a split; and every bad input stopping in one line."""
+import shutil
+
+import pandas as pd
+import pytest
+
+import evaluate
+import prepare_data
+import train
+from conftest import jpeg_bytes, make_image, make_isic_2024, run_main, write_hdf5
+
+
+def test_kaggle_folder_to_submission(tmp_path, monkeypatch):
+    # prepare -> train -> predict on ISIC 2024 as Kaggle ships it: test-metadata.csv beside test-image.hdf5.
+    root = make_isic_2024(tmp_path / "isic2024", count=36, patients=9, test_count=10)
+    assert run_main(prepare_data, "--source", root, "--out", tmp_path / "data", monkeypatch=monkeypatch) == 0
+    checkpoint = tmp_path / "tiny.pt"
+    assert run_main(train, "--data", tmp_path / "data", "--img-size", 32, "--epochs", 2, "--neg-per-pos", 2,
+                    "--out", checkpoint, monkeypatch=monkeypatch) == 0
+    monkeypatch.chdir(tmp_path)  # the default folder: reports/<checkpoint's name>
+    assert run_main(evaluate, checkpoint, "--predict", root / "test-metadata.csv", monkeypatch=monkeypatch) == 0
+    submission = pd.read_csv(tmp_path / "reports" / "tiny" / "submission.csv")
+    assert list(submission.columns) == ["isic_id", "target"]
+    expected = pd.read_csv(root / "test-metadata.csv")["isic_id"].tolist()
+    assert submission["isic_id"].tolist() == expected and expected != sorted(expected)  # the CSV's order
+    assert submission["target"].between(0, 1).all() and submission["target"].nunique() > 1
+
+
+def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypatch):
+    # The images say nothing here (each its own colour, whatever its class); the lesion's size does: malignant
+    # lesions measure 8 to 10 mm, benign ones 2 to 4. A submission that ranks the test lesions by malignancy
+    # can only have read test-metadata.csv, and with its sizes blanked out the ranking is lost.
+    root = make_isic_2024(tmp_path / "isic2024", count=90, patients=30, test_count=20)
+    for name, target in (("train-metadata.csv", None), ("test-metadata.csv", [i % 2 for i in range(20)])):
+        meta = pd.read_csv(root / name)
+        target = meta["target"] if target is None else target
+        meta["clin_size_long_diam_mm"] = [2 + 6 * t + 2 * (i % 5) / 4 for i, t in enumerate(target)]
+        meta.to_csv(root / name, index=False)
+    assert run_main(prepare_data, "--source", root, "--out", tmp_path / "data", monkeypatch=monkeypatch) == 0
+    checkpoint = tmp_path / "sized.pt"
+    assert run_main(train, "--data", tmp_path / "data", "--img-size", 32, "--epochs", 1, "--folds", 3,
+                    "--out", checkpoint, monkeypatch=monkeypatch) == 0
+    truth = [i % 2 for i in range(20)]
+    submission = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
+    assert train.roc_auc(truth, submission["target"].tolist()) == 1.0
+    pd.read_csv(root / "test-metadata.csv").assign(clin_size_long_diam_mm="").to_csv(
+        root / "test-metadata.csv", index=False)
+    blanked = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
+    assert train.roc_auc(truth, blanked["target"].tolist()) < 0.8
+
+
+@pytest.fixture(scope="module")
+def split_predictions(trained_baseline, tmp_path_factory):
+    """evaluate.py's own predictions.csv on the test split, and 12 of its images: (checkpoint, table)."""
+    checkpoint, data = trained_baseline
+    out = tmp_path_factory.mktemp("split")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_main(evaluate, checkpoint, "--out", out, monkeypatch=monkeypatch) == 0
+    scored = pd.read_csv(out / "predictions.csv")
+    labels = pd.read_csv(data / "labels.csv").set_index("isic_id")
+    # In no sorted order, so that the CSV's order and a sorted listing differ.
+    table = scored.head(12).assign(path=lambda t: [data / labels.loc[i, "image_path"] for i in t["isic_id"]])
+    return checkpoint, table.sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def predict(checkpoint, path, out, monkeypatch, *extra):
+    assert run_main(evaluate, checkpoint, "--predict", path, "--out", out, *extra, monkeypatch=monkeypatch) == 0
+    return pd.read_csv(out / "submission.csv")
+
+
+def test_a_folder_an_hdf5_file_and_a_csv_score_each_image_as_its_split_does(split_predictions, tmp_path,
+                                                                           monkeypatch):
+    checkpoint, table = split_predictions
+    for folder in (tmp_path / "folder", tmp_path / "archive" / "images"):
+        folder.mkdir(parents=True)
+        for row in table.itertuples():
+            shutil.copy(row.path, folder / f"{row.isic_id}.jpg")
+    write_hdf5(tmp_path / "packed" / "images.hdf5", {row.isic_id: row.path.read_bytes() for row in table.itertuples()})
+    # An ISIC Archive export: its own columns, kept, and its rows' order; the images in images/.
+    table[["isic_id"]].assign(sex="female", age_approx="NA").to_csv(tmp_path / "archive" / "metadata.csv",
+                                                                    index=False)
+    expected = table.set_index("isic_id")["probability_malignant"]
+    by_name = sorted(table["isic_id"])
+    for path, order, extra in ((tmp_path / "folder", by_name, ()),
+                               (tmp_path / "packed" / "images.hdf5", by_name, ("--workers", 1)),  # a worker's handle
+                               (tmp_path / "archive" / "metadata.csv", table["isic_id"].tolist(), ())):
+        submission = predict(checkpoint, path, tmp_path / "out", monkeypatch, *extra)
+        assert submission["isic_id"].tolist() == order, path
+        assert submission["target"].tolist() == pytest.approx(expected[order].tolist(), abs=1e-6), path
+
+
+def test_the_whole_csv_row_reaches_score(split_predictions, tmp_path, monkeypatch):
+    # score() gets the metadata columns too (for a model that reads them), with a label it does not use.
+    checkpoint, table = split_predictions
+    write_hdf5(tmp_path / "test-image.hdf5", {row.isic_id: row.path.read_bytes() for row in table.itertuples()})
+    table[["isic_id"]].assign(sex="male", clin_size_long_diam_mm="3.1").to_csv(tmp_path / "test-metadata.csv",
+                                                                              index=False)
+    seen = []
+    real_score = evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda members, t, *rest: seen.append(t) or real_score(members, t, *rest))
+    predict(checkpoint, tmp_path / "test-metadata.csv", tmp_path / "out", monkeypatch)
+    assert {"isic_id", "sex", "clin_size_long_diam_mm", "load_path", "label"} <= set(seen[0].columns)
+    assert seen[0]["load_path"][0] == f"{tmp_path / 'test-image.hdf5'}::{table['isic_id'][0]}"
+
+
+def bad_inputs(root, images):
+    """(what --predict is given, words the error must contain) for each bad input, built under root."""
+    ids = list(images)
+    cases = {}
+    garbled = root / "garbled" / "test-image.hdf5"  # the last image is not a JPEG: noticed mid-run
+    write_hdf5(garbled, {**images, "ISIC_9999999": b"\xff\xd8\xff\xe0 half a JPEG"})
+    cases["unreadable image"] = (garbled, ["cannot decode image", "test-image.hdf5::ISIC_9999999"])
+    write_hdf5(root / "keyless" / "test-image.hdf5", images)
+    pd.DataFrame({"isic_id": ids + ["ISIC_0000404"]}).to_csv(root / "keyless" / "test-metadata.csv", index=False)
+    cases["no HDF5 key"] = (root / "keyless" / "test-metadata.csv",
+                            ["test-metadata.csv, line 5", "no image 'ISIC_0000404' in", "test-image.hdf5"])
+    for image_id in ids:
+        make_image(root / "files" / f"{image_id}.jpg")
+    pd.DataFrame({"isic_id": [ids[0], "ISIC_0000404"]}).to_csv(root / "files" / "metadata.csv", index=False)
+    cases["no image file"] = (root / "files" / "metadata.csv", ["metadata.csv, line 3", "'ISIC_0000404'"])
+    make_image(root / "secret.jpg")
+    pd.DataFrame({"isic_id": [ids[0], "../secret"]}).to_csv(root / "files" / "escape.csv", index=False)
+    cases["escaping id"] = (root / "files" / "escape.csv", ["escape.csv", "'../secret' leads outside"])
+    whole = (root / "keyless" / "test-image.hdf5").read_bytes()
+    (root / "truncated.hdf5").write_bytes(whole[:len(whole) // 2])
+    cases["truncated HDF5"] = (root / "truncated.hdf5", ["truncated.hdf5 is not a readable HDF5 file"])
+    (root / "foreign.hdf5").write_text("isic_id,target\n")
+    cases["not HDF5"] = (root / "foreign.hdf5", ["foreign.hdf5 is not a readable HDF5 file"])
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    cases["empty folder"] = (root / "empty", ["empty holds no images"])
+    return cases
+
+
+CASES = ["unreadable image", "no HDF5 key", "no image file", "escaping id", "truncated HDF5", "not HDF5",
+         "empty folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_in_one_line_and_leaves_the_previous_submission(case, trained_baseline, tmp_path,
+                                                                        monkeypatch, capsys):
+    checkpoint, _ = trained_baseline
+    images = {f"ISIC_{i:07d}": jpeg_bytes((i * 40, 90, 60)) for i in range(3)}
+    path, words = bad_inputs(tmp_path / "inputs", images)[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("isic_id,target\nISIC_0000001,0.5\n")  # a previous run's
+    capsys.readouterr()
+    assert run_main(evaluate, checkpoint, "--predict", path, "--out", out, monkeypatch=monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and all(word in error for word in words), error
+    assert (out / "submission.csv").read_text() == "isic_id,target\nISIC_0000001,0.5\n"
+    assert sorted(p.name for p in out.iterdir()) == ["submission.csv"]
