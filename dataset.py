@@ -152,7 +152,14 @@ class CustomDataset(Dataset):
 # a word becomes one column per word of the vocabulary, 1 where it applies and 0 elsewhere ("one-hot").
 # Whatever is unknown is NaN: model.py's LateFusion reads NaN as "no evidence either way". A torso site
 # also lights a "torso" column, so that an older export's plain "torso" shares what the sides teach.
+#
+# Where the images name their patient (ISIC 2024), each measurement also comes relative to that patient's
+# other lesions: how many of the patient's standard deviations it lies from the patient's mean. A
+# dermatologist calls it the "ugly duckling" sign: the mole unlike the patient's other moles is the
+# suspect one, whatever its size in millimetres. It is computed on the images being scored, patient by
+# patient, so it needs no label and travels to a new patient.
 WORD_COLUMNS = ("sex", "site")
+VS_PATIENT = " vs patient"
 
 
 def metadata_encoding(table):
@@ -169,7 +176,27 @@ def metadata_encoding(table):
             features += [f"{column}: {word}" for word in vocabulary[column]]
         else:
             features.append(column)
+            if column != "age" and patients(table) is not None and patients(table).duplicated().any():
+                features.append(column + VS_PATIENT)
     return {"features": features, "vocabulary": vocabulary} if features else None
+
+
+def metadata_fields(encoding):
+    """The metadata columns an encoding reads (its features' sources): age, sex, site ..."""
+    return list(dict.fromkeys(feature.removesuffix(VS_PATIENT).split(": ")[0] for feature in encoding["features"]))
+
+
+def patients(table):
+    """The patient of each row (labels.csv's patient, or a metadata CSV's patient_id), or None."""
+    return table["patient"] if "patient" in table else table.get("patient_id")
+
+
+def relative_to_patient(values, patient):
+    """Each value minus the mean of its patient's values, in its patient's standard deviations (NaN for a
+    patient with fewer than two known values, or all alike)."""
+    values = pd.to_numeric(values, errors="coerce").astype(float)
+    by_patient = values.groupby(patient)
+    return ((values - by_patient.transform("mean")) / by_patient.transform("std").replace(0, math.nan)).tolist()
 
 
 def words_of(value):
@@ -182,9 +209,12 @@ def metadata_features(table, encoding):
     where a value is missing, the column is absent, or a word was never seen in training."""
     columns = []
     for feature in encoding["features"]:
-        column, _, word = feature.partition(": ")
+        column, _, word = feature.removesuffix(VS_PATIENT).partition(": ")
         values = table[column] if column in table else pd.Series(math.nan, index=table.index)
-        if word:  # one-hot: 1 where the word applies, 0 where another known word does, else missing
+        if feature.endswith(VS_PATIENT):
+            patient = patients(table)
+            columns.append(relative_to_patient(values, patient) if patient is not None else [math.nan] * len(table))
+        elif word:  # one-hot: 1 where the word applies, 0 where another known word does, else missing
             known = set(encoding["vocabulary"][column])
             columns.append([math.nan if not isinstance(value, str) or value not in known
                             else float(word in words_of(value)) for value in values])

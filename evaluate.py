@@ -43,14 +43,15 @@ from pathlib import Path
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split, worker_count
+from dataset import (CustomDataset, build_transforms, loader_options, metadata_fields, read_labels, read_split,
+                     worker_count)
 from helpers import hdf5
 from helpers.charts import draw_confusion_matrix, draw_roc, to_picture
 from helpers.files import DataError, Parser, number, save_atomically, save_image, stop
 from helpers.grad_cam import draw_grad_cam_gallery, grad_cam, overlay
 from model import fused_probabilities, load_checkpoint, pick_device
-from prepare_data import (IMAGE_SUFFIXES, SEXES, SITES, clean_age, clean_word, find_images, read_evidence, read_metadata,
-                          refuse_paths_outside)
+from prepare_data import (IMAGE_SUFFIXES, SEXES, SITES, clean_age, clean_word, find_images, read_evidence,
+                          read_metadata, refuse_paths_outside)
 from train import predict, roc_auc, roc_curve
 
 
@@ -151,7 +152,7 @@ def metadata_note(members, table):
     fusion = next((info["fusion"] for _, info in members if info.get("fusion")), None)
     if fusion is None:
         return "metadata: not used (the models were trained without it)"
-    fields = dict.fromkeys(feature.split(": ")[0] for feature in fusion["features"])
+    fields = metadata_fields(fusion)
     present = [field for field in fields if field in table and table[field].notna().any()]
     if not present:
         return (f"note: this data has no {', '.join(fields)}; the models score it from the images, "

@@ -208,10 +208,11 @@ class FoldEnsemble(nn.Module):
 # features) are evidence it never saw. Late fusion weighs them together in a logistic regression, the
 # simplest model there is for a probability:
 #     log-odds = image_weight * (the image model's log-odds) + sum of weight_i * feature_i + bias
-# Each feature is first centred (minus its mean over the training images) and a number also scaled (divided
-# by its standard deviation), so that a weight says what one word, or one standard deviation of age,
-# does to the log-odds; a missing feature is then 0, the average, and moves nothing. train.py fits it on held-out images, ones the image model
-# never trained on (its log-odds there are as honest as on a new patient); the checkpoint carries it.
+# Each feature is first centred (minus its mean over the train and val images) and a number also scaled
+# (divided by its standard deviation), so that a weight says what one word, or one standard deviation of
+# age, does to the log-odds; a missing feature is then 0, the average, and moves nothing. train.py fits it
+# on held-out images, ones the image model never trained on (its log-odds there are as honest as on a
+# new patient's); the checkpoint carries it.
 
 # How firmly each metadata weight is held at 0 while it is fitted (see logistic_regression): chosen on the
 # HAM10000 development lesions, under the budget (python benchmarks/fusion_strength.py; docs/RESULTS.md).
@@ -257,8 +258,8 @@ def logistic_regression(inputs, labels, prior, strength, steps=50):
 
 def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
     """A LateFusion, as the dict the checkpoint carries, fitted on the checkpoint's held-out predictions
-    (table: labels.csv's rows); None when the data has no metadata. Each feature is standardised over
-    every train and val image, which needs no label."""
+    (table: labels.csv's rows); None when the data has no metadata. Each feature is centred (a number also
+    scaled) over every train and val image, which needs no label."""
     labelled = table[table["split"].isin(["train", "val"])]
     encoding = metadata_encoding(labelled)
     if encoding is None:
@@ -289,6 +290,7 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
 def nan_std(features):
     """Each column's standard deviation over its known values."""
     return ((features - features.nanmean(0)) ** 2).nanmean(0).sqrt()
+
 
 def rows_of(table, isic_ids):
     """The table's rows for these images, in this order."""

@@ -472,7 +472,7 @@ def main():
                            for p in table["image_path"]]
     columns = ["isic_id", "image_path", "label", "split", "group", "diagnosis"]
     columns += ["cached_path"] if args.copy_size else []
-    columns += evidence_columns(table)
+    columns += evidence_columns(table) + (["patient"] if "patient" in table else [])  # see dataset.py: "vs patient"
     # Write to a temporary name and rename: a crash never leaves a half-written labels.csv behind.
     save_atomically(out / "labels.csv", lambda tmp: table[columns].to_csv(tmp, index=False))
     print_counts(table)

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset import CustomDataset, EpochSampler, build_loaders, build_transforms, read_labels, worker_count
+from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, metadata_fields, read_labels,
+                     worker_count)
 from helpers import distributed, resume
 from helpers.charts import draw_augmentation_grid, draw_curves, draw_odds
 from helpers.files import DataError, Parser, Progress, number, save_atomically, stop
@@ -213,8 +214,7 @@ def add_late_fusion(args):
     save_checkpoint(args.out, checkpoint.pop("state_dict"), **checkpoint)
     draw_odds(metadata_odds(fusion), "what the metadata does to the odds of malignancy",
               args.out.with_name(f"{args.out.stem}-metadata.png"))
-    fields = dict.fromkeys(feature.split(": ")[0] for feature in fusion["features"])
-    print(f"late fusion with {', '.join(fields)}: fitted on {fusion['fitted_on']} held-out images, "
+    print(f"late fusion with {', '.join(metadata_fields(fusion))}: fitted on {fusion['fitted_on']} held-out images, "
           f"AUC there {alone:.3f} for the image alone, {together:.3f} with the metadata; saved to {args.out}")
 
 

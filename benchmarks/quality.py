@@ -22,7 +22,10 @@ user would run it:
        UDA   the 557 ISIC UDA images of another collection (other clinics and cameras, melanoma vs
              nevus): how well the model travels. Only ever measured, never tuned on.
      (benchmarks/search.py scores the whole lesion-grouped val split too: recipes are chosen on that.)
-Prints a table of mean ± std over seeds, and writes every run's numbers to OUT/results.csv. A run
+Where the data has metadata (HAM10000's age, sex and site; ISIC UDA's age and sex), train.py fits its
+late fusion and evaluate.py reports the AUC of the images alone beside the fused one, from the same
+models: each row has both. Prints a table of mean ± std over seeds, and writes every run's numbers to
+OUT/results.csv. A run
 already scored in OUT (an interrupted benchmark, or a recipe shared with search.py) is read back, not
 trained again: delete OUT to start afresh.
 

@@ -118,6 +118,19 @@ def test_metadata_features_by_hand():
     assert metadata_encoding(pd.DataFrame({"age": [None, None]})) is None
 
 
+def test_a_measurement_relative_to_the_patients_other_lesions_by_hand():
+    # Patient a's lesions measure 2, 4 and 6 mm: mean 4, standard deviation 2, so -1, 0 and +1 of its own sd.
+    # Patient b's two lesions are alike and patient c has one: nothing to compare with, so missing.
+    table = pd.DataFrame({"clin_size_long_diam_mm": [2, 4, 6, 10, 10, 7], "patient": ["a", "a", "a", "b", "b", "c"]})
+    encoding = metadata_encoding(table)
+    assert encoding["features"] == ["clin_size_long_diam_mm", "clin_size_long_diam_mm vs patient"]
+    relative = metadata_features(table, encoding)[:, 1].tolist()
+    assert relative[:3] == pytest.approx([-1, 0, 1]) and all(math.isnan(value) for value in relative[3:])
+    # Computed on the images being scored: the same lesion is ordinary among a new patient's larger moles.
+    scored = pd.DataFrame({"clin_size_long_diam_mm": [6, 8, 10], "patient_id": ["d", "d", "d"]})
+    assert metadata_features(scored, encoding)[:, 1].tolist() == pytest.approx([-1, 0, 1])
+
+
 # --- The fusion: a logistic regression, by hand -------------------------------------------------------------
 
 def test_logistic_regression_finds_the_rates_of_a_table_by_hand():

@@ -9,6 +9,7 @@ import evaluate
 import prepare_data
 import train
 from conftest import jpeg_bytes, make_image, make_isic_2024, run_main, write_hdf5
+from model import load_checkpoint
 
 
 def test_kaggle_folder_to_submission(tmp_path, monkeypatch):
@@ -61,6 +62,7 @@ def split_predictions(trained_baseline, tmp_path_factory):
     labels = pd.read_csv(data / "labels.csv").set_index("isic_id")
     # In no sorted order, so that the CSV's order and a sorted listing differ.
     table = scored.head(12).assign(path=lambda t: [data / labels.loc[i, "image_path"] for i in t["isic_id"]])
+    table = table.join(labels[["age", "sex", "site"]], on="isic_id")
     return checkpoint, table.sample(frac=1, random_state=0).reset_index(drop=True)
 
 
@@ -77,14 +79,20 @@ def test_a_folder_an_hdf5_file_and_a_csv_score_each_image_as_its_split_does(spli
         for row in table.itertuples():
             shutil.copy(row.path, folder / f"{row.isic_id}.jpg")
     write_hdf5(tmp_path / "packed" / "images.hdf5", {row.isic_id: row.path.read_bytes() for row in table.itertuples()})
-    # An ISIC Archive export: its own columns, kept, and its rows' order; the images in images/.
-    table[["isic_id"]].assign(sex="female", age_approx="NA").to_csv(tmp_path / "archive" / "metadata.csv",
-                                                                    index=False)
-    expected = table.set_index("isic_id")["probability_malignant"]
+    # An ISIC Archive export, its rows in their own order, images in images/, and the metadata labels.csv has
+    # for them (in the archive's column names): the same probability as the split's, metadata and all.
+    table[["isic_id", "age", "sex", "site"]].rename(columns={"age": "age_approx", "site": "anatom_site_general"}) \
+        .to_csv(tmp_path / "archive" / "metadata.csv", index=False)
+    with_metadata = table.set_index("isic_id")["probability_malignant"]
+    # A folder or an HDF5 file has no metadata: the same image model, the metadata unknown.
+    fusion = load_checkpoint(checkpoint)[1]["fusion"]
+    unknown = pd.Series(evaluate.fused_probabilities(fusion, table["probability_image_alone"].tolist(),
+                                                     pd.DataFrame(index=table.index)), index=table["isic_id"])
     by_name = sorted(table["isic_id"])
-    for path, order, extra in ((tmp_path / "folder", by_name, ()),
-                               (tmp_path / "packed" / "images.hdf5", by_name, ("--workers", 1)),  # a worker's handle
-                               (tmp_path / "archive" / "metadata.csv", table["isic_id"].tolist(), ())):
+    for path, order, extra, expected in (
+            (tmp_path / "folder", by_name, (), unknown),
+            (tmp_path / "packed" / "images.hdf5", by_name, ("--workers", 1), unknown),  # a worker's own handle
+            (tmp_path / "archive" / "metadata.csv", table["isic_id"].tolist(), (), with_metadata)):
         submission = predict(checkpoint, path, tmp_path / "out", monkeypatch, *extra)
         assert submission["isic_id"].tolist() == order, path
         assert submission["target"].tolist() == pytest.approx(expected[order].tolist(), abs=1e-6), path
