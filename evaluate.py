@@ -280,6 +280,7 @@ def csv_images(csv, meta):
 
 def write_submission(members, table, out, batch_size, workers, device):
     """OUT/submission.csv: isic_id and target, each image's P(malignant), scored as a split is."""
+    print(metadata_note(members, table))
     probabilities, _ = score(members, table, batch_size, workers, device)
     submission = pd.DataFrame({"isic_id": table["isic_id"], "target": probabilities})
     save_atomically(out / "submission.csv", lambda tmp: submission.to_csv(tmp, index=False))

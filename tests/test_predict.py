@@ -28,7 +28,7 @@ def test_kaggle_folder_to_submission(tmp_path, monkeypatch):
     assert submission["target"].between(0, 1).all() and submission["target"].nunique() > 1
 
 
-def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypatch):
+def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypatch, capsys):
     # The images say nothing here (each its own colour, whatever its class); the lesion's size does: malignant
     # lesions measure 8 to 10 mm, benign ones 2 to 4. A submission that ranks the test lesions by malignancy
     # can only have read test-metadata.csv, and with its sizes blanked out the ranking is lost.
@@ -45,6 +45,7 @@ def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypa
     truth = [i % 2 for i in range(20)]
     submission = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
     assert train.roc_auc(truth, submission["target"].tolist()) == 1.0
+    assert "clin_size_long_diam_mm (known for 20 of 20)" in capsys.readouterr().out
     pd.read_csv(root / "test-metadata.csv").assign(clin_size_long_diam_mm="").to_csv(
         root / "test-metadata.csv", index=False)
     blanked = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
