@@ -19,6 +19,10 @@ it on a few dozen of that clinic's own labelled images instead. Writes OUT/metri
 OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png (where the model
 looked, on its most confident hits and misses).
 
+A model trained with metadata (train.py's late fusion) weighs each image's age, sex and body site beside
+it, wherever the data has them, and as unknown where it does not: the report names the fields used, and
+gives the AUC of the images alone beside the fused one.
+
 --predict scores images without labels instead, exactly as a split is scored, and writes
 OUT/submission.csv (isic_id, target: the probability of malignancy), as the ISIC 2024 challenge takes
 it. PATH is a metadata CSV (its rows in order; the images in an HDF5 file beside it, as test-metadata.csv
@@ -27,13 +31,13 @@ sorted) or a folder of image files (sorted by name, each named after its file).
 
 Examples:
   python evaluate.py checkpoints/baseline.pt
-  python evaluate.py checkpoints/resnet18.pt --data data/uda --split test --out reports/uda
-  python evaluate.py checkpoints/resnet18.pt --image lesion.jpg
-  python evaluate.py checkpoints/resnet18.pt --target-sensitivity 0.9    # a screening operating point
+  python evaluate.py checkpoints/resnet.pt --data data/uda --split test --out reports/uda
+  python evaluate.py checkpoints/resnet.pt --image lesion.jpg --age 62 --sex female --site "lower extremity"
+  python evaluate.py checkpoints/resnet.pt --target-sensitivity 0.9    # a screening operating point
   python evaluate.py checkpoints/seed0.pt checkpoints/seed1.pt checkpoints/seed2.pt   # an ensemble
-  python evaluate.py checkpoints/resnet18.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
+  python evaluate.py checkpoints/resnet.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
   python evaluate.py checkpoints/isic2024.pt --predict ../isic-2024/test-metadata.csv   # a Kaggle submission
-  python evaluate.py checkpoints/resnet18.pt --predict photos/ --out reports/photos     # a folder of images
+  python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos     # a folder of images
 """
 import json
 import math

@@ -6,11 +6,14 @@ validation images, which it never trains on; the epoch with the best validation 
 stops early once that has not improved for --patience epochs (0: never, and the last epoch is kept). The
 test split stays untouched until evaluate.py. With a few hundred labels, --folds K trains K models, each
 validated on a different K-th of the train and val images, and keeps them as one (see dataset.py).
+Once the image model is trained, and where labels.csv has age, sex or body site, a logistic regression
+weighs them beside it, fitted on the held-out images (model.py, LateFusion; --no-metadata: not).
 
 Writes a checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, what evaluate.py
 needs to use them (model, image size, normalisation, validation predictions to choose a threshold from,
-these arguments) and, until the run ends, the state to resume from. Beside it: <model>-log.csv,
-<model>-curves.png (how training went) and <model>-augmentations.png (what it saw).
+these arguments, the metadata's fusion) and, until the run ends, the state to resume from. Beside it:
+<model>-log.csv, <model>-curves.png (how training went), <model>-augmentations.png (what it saw) and
+<model>-metadata.png (what the metadata does to the odds).
 
 Examples:
   python train.py                                          # the baseline CNN on data/
