@@ -166,6 +166,8 @@ def metadata_encoding(table):
     """Which features the metadata of these (training) images gives: every evidence column with at least
     one value, each word column spelled out as one feature per word seen. None when there is no metadata."""
     features, vocabulary = [], {}
+    patient = patients(table)
+    several_lesions = patient is not None and patient.duplicated().any()  # someone to compare a lesion with
     for column in evidence_columns(table):
         values = table[column].dropna()
         if values.empty:
@@ -176,7 +178,7 @@ def metadata_encoding(table):
             features += [f"{column}: {word}" for word in vocabulary[column]]
         else:
             features.append(column)
-            if column != "age" and patients(table) is not None and patients(table).duplicated().any():
+            if column != "age" and several_lesions:
                 features.append(column + VS_PATIENT)
     return {"features": features, "vocabulary": vocabulary} if features else None
 

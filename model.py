@@ -231,9 +231,14 @@ class LateFusion(nn.Module):
 
     def forward(self, image_probability, features):
         image_log_odds = torch.logit(image_probability.float().clamp(1e-6, 1 - 1e-6))
-        standardised = (features - self.centre) / self.scale
-        standardised = torch.where(torch.isnan(standardised), torch.zeros_like(standardised), standardised)
+        standardised = standardise(features, self.centre, self.scale)
         return torch.sigmoid(self.image_weight * image_log_odds + standardised @ self.weights + self.bias)
+
+
+def standardise(features, centre, scale):
+    """Features centred and scaled; a missing one (NaN) becomes 0, the average."""
+    standardised = (features - centre) / scale
+    return torch.where(torch.isnan(standardised), torch.zeros_like(standardised), standardised)
 
 
 def logistic_regression(inputs, labels, prior, strength, steps=50):
@@ -275,7 +280,7 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
     held_out = checkpoint["val_predictions"]
     held_out = {**held_out, "probability": held_out.get("image_probability", held_out["probability"])}
     rows = rows_of(table, held_out["isic_id"])
-    standardised = ((metadata_features(rows, encoding) - centre) / scale).nan_to_num(0.0)  # missing: average
+    standardised = standardise(metadata_features(rows, encoding), centre, scale)
     image_log_odds = torch.logit(torch.tensor(held_out["probability"]).clamp(1e-6, 1 - 1e-6))
     # The prior: the image model as it is (weight 1 on its log-odds) and no weight on any metadata. The
     # bias and the image's weight, two numbers, are free to move; each metadata weight is held back.

@@ -53,7 +53,7 @@ from dataset import CustomDataset, EpochSampler, build_transforms, metadata_enco
 from dataset import read_labels, read_split  # noqa: E402
 from evaluate import choose_threshold, threshold_metrics  # noqa: E402
 from helpers.files import Progress  # noqa: E402
-from model import build_model, nan_std, normalisation  # noqa: E402
+from model import build_model, nan_std, normalisation, standardise  # noqa: E402
 from train import dihedral_views, roc_auc, summarise  # noqa: E402
 
 QUALITY = ROOT / "benchmarks" / "out" / "quality"  # written by benchmarks/quality.py
@@ -86,7 +86,7 @@ class MetadataInput:
         """An (images x size) tensor: the standardised features, then 1 for each field that is missing."""
         raw = metadata_features(table, self.encoding)
         missing = torch.stack([raw[:, columns].isnan().all(1) for columns in self.fields.values()], dim=1)
-        return torch.cat([((raw - self.centre) / self.scale).nan_to_num(0.0), missing.float()], dim=1)
+        return torch.cat([standardise(raw, self.centre, self.scale), missing.float()], dim=1)
 
     def hide_fields(self, metadata, probability, generator):
         """A copy of a batch with each field of each image set to missing (0, indicator 1) at this probability."""
@@ -251,13 +251,13 @@ def measure(seed, data, epochs, limit, weights_path):
 
 def wait_for(labels_csv):
     """True once quality.py has written this labels.csv, False after WAIT_LIMIT seconds without it."""
-    waited = 0
+    started = time.time()
     while not labels_csv.exists():
+        waited = time.time() - started  # by the clock: a sleep can last longer than asked on a busy machine
         if waited >= WAIT_LIMIT:
             return False
-        print(f"waiting for {labels_csv} (benchmarks/quality.py writes it), {waited // 60} min so far", flush=True)
+        print(f"waiting for {labels_csv} (benchmarks/quality.py writes it), {waited / 60:.0f} min so far", flush=True)
         time.sleep(WAIT_SECONDS)
-        waited += WAIT_SECONDS
     return True
 
 
