@@ -295,7 +295,7 @@ def worker_count(requested, device):
     the CPU's only job, so all but one core load (at most 8). On a CPU the cores are what trains the
     model, and loading a 256 px copy takes a few ms against tens of ms of training per image: one worker
     per four cores keeps up (on a 2-core CPU, none: one worker measured no clear gain over loading in
-    the training process, see README)."""
+    the training process, see docs/SPEED.md)."""
     if requested is not None:
         return requested
     cores = os.cpu_count() or 1

@@ -29,6 +29,11 @@ it. PATH is a metadata CSV (its rows in order; the images in an HDF5 file beside
 has test-image.hdf5, or as files beside it, in images/ or in test-image/image/), an HDF5 file (every key,
 sorted) or a folder of image files (sorted by name, each named after its file).
 
+--export FILE.onnx writes the model as one ONNX graph instead, for use without this project (ONNX Runtime
+runs it from Python, C++, JavaScript...): normalised images in (and the metadata features, for a model
+that weighs them), P(malignant) out, a fold ensemble's models averaged inside, and in its metadata_props
+all it takes to feed it. It is checked against PyTorch before it is kept. The README shows it in use.
+
 Examples:
   python evaluate.py checkpoints/baseline.pt
   python evaluate.py checkpoints/resnet.pt --data data/uda --split test --out reports/uda
@@ -38,6 +43,7 @@ Examples:
   python evaluate.py checkpoints/resnet.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
   python evaluate.py checkpoints/isic2024.pt --predict ../isic-2024/test-metadata.csv   # a Kaggle submission
   python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos     # a folder of images
+  python evaluate.py checkpoints/resnet.pt --export resnet.onnx                       # for ONNX Runtime
 """
 import json
 import math
@@ -45,6 +51,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from dataset import (CustomDataset, build_transforms, loader_options, metadata_fields, read_labels, read_split,
@@ -53,7 +60,8 @@ from helpers import hdf5
 from helpers.charts import draw_confusion_matrix, draw_roc, to_picture
 from helpers.files import DataError, Parser, number, save_atomically, save_image, stop
 from helpers.grad_cam import draw_grad_cam_gallery, grad_cam, overlay
-from model import fused_probabilities, load_checkpoint, pick_device
+from helpers.onnx_export import export_onnx
+from model import Scorer, fused_probabilities, load_checkpoint, pick_device
 from prepare_data import (IMAGE_SUFFIXES, SEXES, SITES, clean_age, clean_word, find_images, read_evidence,
                           read_metadata, refuse_paths_outside)
 from train import predict, roc_auc, roc_curve
@@ -291,6 +299,50 @@ def write_submission(members, table, out, batch_size, workers, device):
     print(f"wrote {out / 'submission.csv'}: P(malignant) of {len(submission)} images")
 
 
+# --- Exporting: the model as one ONNX file, for use outside this project ----------------------------------
+# What the graph's inputs must be, in words: its metadata_props carry this, so that the file is all a user needs.
+RESIZE_RULE = ("the image in RGB; its shorter side resized to image_size (bilinear, antialiased) and the central "
+               "image_size x image_size square cropped; pixels scaled to [0, 1], then each channel minus mean, "
+               "divided by std. Input 'image': float32, shape (images, 3, image_size, image_size)")
+METADATA_RULE = ("input 'metadata': float32, shape (images, features), the features in the order of "
+                 "metadata_features, NaN where unknown. A plain name (age in years, a measurement in its CSV's "
+                 "unit) is the number; 'column: word' is 1 when the image's column is that word (a site ending "
+                 "in 'torso' is also 'torso'), 0 when it is another word of the list, NaN when unknown or another "
+                 "word; 'column vs patient' is the value minus the mean of that column over the same patient's "
+                 "images being scored, divided by their standard deviation")
+
+
+def example_images(info, generator=None, count=5):
+    """Random images as the model sees them (its size, normalised): to trace and check an export on."""
+    pixels = torch.rand(count, 3, info["img_size"], info["img_size"], generator=generator)
+    return (pixels - torch.tensor(info["mean"])[:, None, None]) / torch.tensor(info["std"])[:, None, None]
+
+
+def export(members, threshold, path):
+    """FILE.onnx: the checkpoint's network, its metadata fusion and how to feed them (helpers/onnx_export.py)."""
+    if len(members) > 1:
+        raise ValueError("--export writes one checkpoint (a --folds run's models are one file already); give one")
+    model, info = members[0]
+    fusion, size, folds = info.get("fusion"), info["img_size"], info.get("folds", 1)
+    # Example inputs, to trace the network and to check ONNX Runtime against PyTorch: random pixels, and
+    # metadata around its training values with some of it missing.
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"image": example_images(info, generator)}
+    props = {"model": info["model"] + (f", the mean of {folds} cross-validation models" if folds > 1 else ""),
+             "image_size": str(size), "mean": json.dumps(list(info["mean"])), "std": json.dumps(list(info["std"])),
+             "resize": RESIZE_RULE, "threshold": f"{threshold:.6g}",
+             "output": "'probability': P(malignant) of each image, from one view (evaluate.py --predict --no-tta); "
+                       "malignant when at least threshold, chosen on the validation images"}
+    if fusion:
+        features = torch.tensor(fusion["centre"]) + torch.randn(5, len(fusion["centre"]), generator=generator)
+        features[0, ::2], features[1] = math.nan, math.nan
+        inputs["metadata"] = features
+        props.update(metadata_features=json.dumps(fusion["features"]), metadata=METADATA_RULE)
+    export_onnx(Scorer(model.cpu(), fusion), inputs, props, path)
+    print(f"wrote {path}: {props['model']}, {size} px" + (f", with {len(fusion['features'])} metadata features"
+                                                          if fusion else "") + "; ONNX Runtime checked against PyTorch")
+
+
 def parse_arguments():
     parser = Parser(__doc__)
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
@@ -303,6 +355,11 @@ def parse_arguments():
     given.add_argument("--predict", default=None, metavar="PATH",
                        help="write OUT/submission.csv (isic_id, target) for images without labels: a metadata "
                             "CSV, an HDF5 file or a folder of images (see above)")
+    given.add_argument("--export", default=None, metavar="FILE.onnx",
+                       help="write the model as one ONNX graph, for ONNX Runtime (see above)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="score each image once, not as the mean of its 8 rotated and mirrored views the "
+                             "checkpoint was validated with: 8 times faster, as the ONNX export scores")
     parser.add_argument("--age", default=None, help="with --image: the patient's age in years, if known")
     parser.add_argument("--sex", default=None, help="with --image: female or male, if known")
     parser.add_argument("--site", default=None, help="with --image: the body site, in the ISIC Archive's words "
@@ -313,7 +370,7 @@ def parse_arguments():
     parser.add_argument("--threshold-from", default=None, metavar="DATA",
                         help="choose the threshold on every labelled image of this prepared folder instead: for a "
                              "new clinic, a few dozen of its own images (scored by the same models)")
-    parser.add_argument("--batch-size", type=number(int, 1), default=64)
+    parser.add_argument("--batch-size", type=number(int, 1), default=64, help="images read at a time")
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="DataLoader worker processes (default: as train.py chooses them)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -325,11 +382,15 @@ def main():
     device = pick_device(args.device)
     try:
         members = [load_checkpoint(path, device) for path in args.checkpoints]
+        for _, info in members:
+            info["tta"] = info["tta"] and not args.no_tta
         threshold = pick_threshold([info for _, info in members], args.checkpoints, args.target_sensitivity)
         if args.threshold_from:  # thresholds do not travel: a new clinic sets its own on its own images
             probabilities, labels = score(members, read_labels(args.threshold_from), args.batch_size, 0, device)
             threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
             print(f"threshold {threshold:.3g}, chosen on the {len(labels)} images of {args.threshold_from}")
+        if args.export:
+            return export(members, threshold, args.export)
         out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)
         out.mkdir(parents=True, exist_ok=True)
         if args.image:

@@ -402,8 +402,10 @@ def parse_arguments():
                              "a metadata CSV or a data folder")
     parser.add_argument("--out", default="data", help="folder for labels.csv (default: data)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the subset, the split and the synthetic set")
-    parser.add_argument("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.15)
-    parser.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True), default=0.15)
+    parser.add_argument("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
+                        help="share of the groups (lesions, patients) for validation")
+    parser.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
+                        help="share of the groups for the test split")
     parser.add_argument("--test-only", action="store_true", help="put every row in 'test' (an external test set)")
     parser.add_argument("--max-images", type=number(int, 2), default=None,
                         help=f"draw a stratified subset of this size (isic-archive: download this many, "

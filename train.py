@@ -7,7 +7,7 @@ stops early once that has not improved for --patience epochs (0: never, and the 
 test split stays untouched until evaluate.py. With a few hundred labels, --folds K trains K models, each
 validated on a different K-th of the train and val images, and keeps them as one (see dataset.py).
 Once the image model is trained, and where labels.csv has age, sex or body site, a logistic regression
-weighs them beside it, fitted on the held-out images (model.py, LateFusion; --no-metadata: not).
+on them adds its evidence to the image model's (model.py, LateFusion; --no-metadata: not).
 
 Writes a checkpoint (default checkpoints/<model>.pt) after every epoch: the best weights, what evaluate.py
 needs to use them (model, image size, normalisation, validation predictions to choose a threshold from,
@@ -194,10 +194,10 @@ def linear_probe(model, train_loader, val_loader, args, device):
 
 
 # --- Late fusion: the metadata joins in, once the image model is trained -----------------------------
-# model.py's LateFusion weighs the image model's log-odds and the metadata in a logistic regression,
-# fitted on the held-out images the checkpoint carries predictions for: the val split, or with --folds
-# every train and val image, each scored by the model that never trained on it. (On its own training
-# images the image model is overconfident, and the fit would trust it too much.)
+# model.py's LateFusion adds the metadata's log-odds, a logistic regression on every labelled image, to the
+# image model's. Its bias is set on the held-out images the checkpoint carries predictions for: the val
+# split, or with --folds every train and val image, each scored by the model that never trained on it.
+# (On its own training images the image model is overconfident: those would set the bias wrong.)
 
 def add_late_fusion(args):
     """Fit the late fusion on the finished checkpoint and save it there; its validation predictions become
@@ -217,8 +217,9 @@ def add_late_fusion(args):
     save_checkpoint(args.out, checkpoint.pop("state_dict"), **checkpoint)
     draw_odds(metadata_odds(fusion), "what the metadata does to the odds of malignancy",
               args.out.with_name(f"{args.out.stem}-metadata.png"))
-    print(f"late fusion with {', '.join(metadata_fields(fusion))}: fitted on {fusion['fitted_on']} held-out images, "
-          f"AUC there {alone:.3f} for the image alone, {together:.3f} with the metadata; saved to {args.out}")
+    print(f"late fusion with {', '.join(metadata_fields(fusion))}: learnt on {fusion['fitted_on']} labelled images, "
+          f"set on {fusion['bias_fitted_on']} held-out ones, where the AUC is {alone:.3f} for the image alone and "
+          f"{together:.3f} with the metadata; saved to {args.out}")
 
 
 # --- Saving and the command line ---------------------------------------------------------------------------
@@ -270,16 +271,18 @@ def parse_arguments():
     parser.add_argument("--model", default="baseline",
                         help="baseline, resnet (= resnet18), resnet34, resnet50 or efficientnet_lite0")
     parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    parser.add_argument("--epochs", type=number(int, 1), default=15)
-    parser.add_argument("--batch-size", type=number(int, 2), default=32)
+    parser.add_argument("--epochs", type=number(int, 1), default=15, help="passes over the training images")
+    parser.add_argument("--batch-size", type=number(int, 2), default=32, help="images per training step")
     parser.add_argument("--lr", type=number(float, 0, low_open=True), default=None,
                         help="learning rate (default 1e-3; 3e-4 with --pretrained, which big steps would spoil)")
-    parser.add_argument("--weight-decay", type=number(float, 0), default=1e-4)
+    parser.add_argument("--weight-decay", type=number(float, 0), default=1e-4,
+                        help="Adam's L2 penalty, pulling every weight towards 0 a little at each step")
     parser.add_argument("--img-size", type=number(int, 32), default=128,
                         help="image side in pixels, at least 32; 128 keeps a CPU fast, 224 is ResNet's native size")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="score each val and test "
                         "image as the mean over its 8 flips and quarter turns (default: on, but for a probe)")
-    parser.add_argument("--loss", choices=("cross-entropy", "focal"), default="cross-entropy")
+    parser.add_argument("--loss", choices=("cross-entropy", "focal"), default="cross-entropy",
+                        help="focal: cross-entropy that weighs the images the model already gets right less")
     parser.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     parser.add_argument("--balanced-sampler", action="store_true", help="draw each class equally often")
     parser.add_argument("--neg-per-pos", type=number(int, 1), default=None, metavar="K", help="each epoch, every "
@@ -292,13 +295,13 @@ def parse_arguments():
                         "each validated on a K-th of the train and val images, in one checkpoint that averages them")
     parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
                         help="weigh each image's age, sex and body site (where labels.csv has them) beside the image "
-                             "model, in a logistic regression fitted on held-out images (default: on)")
+                             "model: a logistic regression on them, its log-odds added to the image's (default: on)")
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="processes that load images (default: see dataset.worker_count)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="auto: bf16 on a GPU that supports it, else fp32; fp16 on CUDA only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order and the augmentation")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     parser.add_argument("--resume", metavar="CKPT", help="carry on an interrupted run, with its own arguments")
     parser.add_argument("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")

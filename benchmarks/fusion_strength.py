@@ -1,10 +1,10 @@
 """How firmly the late fusion's metadata weights are held at zero: chosen on the development lesions.
 
-model.py's LateFusion is fitted on the held-out images of a checkpoint (60 validation images for one
-model, 340 out-of-fold ones with --folds 5), each metadata weight pulled towards 0 with a strength
-(model.FUSION_STRENGTH). This refits the fusion of models that benchmarks/quality.py has trained and
-scored, at several strengths, and scores each on the HAM10000 development pool, from the image-alone
-probabilities that evaluate.py wrote beside the fused ones: nothing is trained or scored again.
+model.py's LateFusion learns its metadata weights on every labelled image of the budget (340 train and val
+images), each weight pulled towards 0 with a strength (model.FUSION_STRENGTH). This refits the fusion of
+models that benchmarks/quality.py has trained and scored, at several strengths, and scores each on the
+HAM10000 development pool, from the image-alone probabilities that evaluate.py wrote beside the fused
+ones: nothing is trained or scored again.
 
 Usage (seconds, after `python benchmarks/quality.py --recipes budget-lite0 budget-lite0-folds5-fixed`):
   python benchmarks/fusion_strength.py --recipes budget-lite0 budget-lite0-folds5-fixed
@@ -22,7 +22,7 @@ from dataset import read_labels  # noqa: E402
 from model import FUSION_STRENGTH, fit_late_fusion, fused_probabilities, read_checkpoint  # noqa: E402
 from train import roc_auc  # noqa: E402
 
-STRENGTHS = (0.3, 1, 3, 10, 30, 100, 1e6)  # 1e6: the metadata held at zero, the image model alone
+STRENGTHS = (0.1, 0.3, 1, 3, 10, 30, 100, 1e6)  # 1e6: the metadata held at zero, the image model alone
 
 
 def refitted_auc(data, recipe, strength, pool="dev"):

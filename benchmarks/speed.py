@@ -17,6 +17,12 @@ both memory layouts. Then ratios ours / reference, which hold on a noisy machine
 share it; the rate of 2048x2048 float32 matrix products, to say how close training gets to what the
 machine can do; and the wall time of the README's offline quick start (prepare, train, evaluate).
 
+--predict CHECKPOINT times what evaluate.py --predict costs instead, model included, on the test split of
+--data (the HAM10000 test pool of benchmarks/quality.py by default): images/s with and without test-time
+augmentation, for PyTorch in float32, PyTorch under bfloat16 autocast (only where the CPU has bfloat16
+instructions: emulated, it is tens of times slower) and ONNX Runtime running evaluate.py --export's graph,
+and the AUC each gives, to see which is fastest without moving the AUC. --images N scores only N of them.
+
 --large WxH re-saves the images as WxH JPEGs first, as real ISIC Archive originals are (up to 6000x4000),
 to show what decoding costs. --big-table instead times prepare_data.py on ISIC 2024 as Kaggle ships it,
 generated at its size: train-metadata.csv (401,059 rows, 393 malignant, the competition's 55 columns)
@@ -28,6 +34,7 @@ Usage (a 2-core CPU: about 10 minutes; --large 3000x2000 about 15):
   python benchmarks/speed.py --data ../shared/data/ham10000 --images 320
   python benchmarks/speed.py --big-table
   python benchmarks/speed.py --big-table 20000
+  python benchmarks/speed.py --predict benchmarks/out/quality/budget-0/model-70a272b438.pt   # after quality.py
 """
 import argparse
 import io
@@ -58,8 +65,11 @@ from dataset import (CustomDataset, build_loaders, build_transforms, loader_opti
                      read_split, worker_count)
 from helpers.images import load_image  # noqa: E402
 from helpers.synthetic import draw_lesion, isic_2024_metadata  # noqa: E402
-from model import autocast, build_model, choose_precision, normalisation, pick_device  # noqa: E402
-from train import dihedral_views, predict, train_one_epoch  # noqa: E402
+from evaluate import evaluation_transform, example_images  # noqa: E402
+from helpers.onnx_export import export_onnx, import_onnx  # noqa: E402
+from model import (Scorer, autocast, build_model, choose_precision, fused_probabilities, load_checkpoint,  # noqa: E402
+                   normalisation, pick_device)
+from train import dihedral_views, predict, roc_auc, train_one_epoch  # noqa: E402
 
 
 # --- The reference: the transfer-learning tutorial's way -----------------------------------------------
@@ -418,6 +428,82 @@ def big_table(work, rows=401_059):
     print(f"prepare_data.py on {rows:,} rows: {seconds:.0f} s, peak memory {peak:.0f} MB")
 
 
+# --- Prediction: what --predict costs, and which way of running the model is fastest ------------------------
+
+CROPS = 500_000  # about as many as ISIC 2024's hidden test set
+
+
+class RuntimeModel:
+    """A network that gives P(malignant) (model.Scorer), exported and run by ONNX Runtime, called as the
+    PyTorch classifier it stands for, so that train.predict runs it as it runs PyTorch's: a batch of images
+    in, two log-probabilities per image out (benign, malignant). `example`: a batch to trace and check on."""
+
+    def __init__(self, network, example):
+        _, onnxruntime = import_onnx()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.onnx")
+            export_onnx(network, {"image": example}, {}, path)
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def eval(self):
+        return self
+
+    def __call__(self, images):
+        probability = torch.from_numpy(self.session.run(None, {"image": images.contiguous().numpy()})[0])
+        return torch.stack([torch.log1p(-probability), torch.log(probability)], dim=1)
+
+
+def predictors(model, info, loader):
+    """{name: predict(tta)} for each way of running the checkpoint's model on this CPU."""
+    cpu = torch.device("cpu")
+    found = {"PyTorch float32": lambda tta: predict(model, loader, cpu, tta)}
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        def bfloat16(tta):
+            with autocast("bf16", cpu):
+                return predict(model, loader, cpu, tta)
+        found["PyTorch bfloat16 autocast"] = bfloat16
+    else:
+        with torch.inference_mode(), autocast("bf16", cpu):
+            sample = torch.randn(16, 3, info["img_size"], info["img_size"])
+            rate, _ = timed(lambda: model(sample), 16, cpu, rounds=1)
+        print(f"PyTorch bfloat16 autocast: left out, this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
+              f"emulated, the model alone runs {rate:.1f} images/s")
+    runtime = RuntimeModel(Scorer(model), example_images(info))
+    found["ONNX Runtime float32"] = lambda tta: predict(runtime, loader, cpu, tta)
+    return found
+
+
+def prediction_figures(checkpoint, data, images):
+    """The table of --predict's speed and AUC by predictor and views, on the test split of data."""
+    table = read_split(data, "test")
+    table = table.sample(n=images, random_state=0) if images else table  # a random few: both classes
+    model, info = load_checkpoint(checkpoint)
+    loader = DataLoader(CustomDataset(table, evaluation_transform(info)), 64,
+                        **loader_options(worker_count(None, torch.device("cpu"))))
+    found = predictors(model, info, loader)
+    rows = []
+    for views in (1, 8):
+        for name, run_predictor in found.items():
+            started = time.perf_counter()
+            probabilities, labels = run_predictor(views == 8)
+            rate = len(table) / (time.perf_counter() - started)
+            if info.get("fusion"):
+                probabilities = fused_probabilities(info["fusion"], probabilities, table)
+            rows.append({"predictor": name, "views": views, "images/s": rate,
+                         f"hours for {CROPS:,} crops": CROPS / rate / 3600, "AUC": roc_auc(labels, probabilities)})
+            print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False, header=len(rows) == 1), flush=True)
+    results = pd.DataFrame(rows)
+    print(f"\n{info['model']} ({info.get('folds', 1)} models), {info['img_size']} px, on {len(table)} images of {data}; "
+          "images/s include reading and resizing each image:\n")
+    print(markdown(results.assign(AUC=results["AUC"].map("{:.4f}".format))))
+    for views, rows_of_views in results.groupby("views"):
+        reference = rows_of_views["AUC"].iloc[0]
+        close = rows_of_views[(rows_of_views["AUC"] - reference).abs() < 0.002]
+        best = close.loc[close["images/s"].idxmax()]
+        print(f"{views} view(s): fastest within 0.002 AUC of PyTorch float32: {best['predictor']} "
+              f"({best['images/s'] / rows_of_views['images/s'].iloc[0]:.2f} times its speed)")
+
+
 def markdown(table):
     """The table as Markdown, for the README: numbers with at most one decimal."""
     cells = [[f"{value:.1f}" if isinstance(value, float) else str(value) for value in row] for row in table.values]
@@ -430,7 +516,8 @@ def main():
     parser.add_argument("--data", default=None,
                         help="a prepared folder (with labels.csv) or a source for prepare_data.py (default: the "
                              "synthetic set)")
-    parser.add_argument("--images", type=int, default=160, help="training images per measurement")
+    parser.add_argument("--images", type=int, default=None,
+                        help="training images per measurement (default 160); with --predict, images scored (default: all)")
     parser.add_argument("--large", default=None, metavar="WxH", help="re-save the images as JPEGs of this size first")
     parser.add_argument("--models", nargs="+", default=["baseline", "resnet18"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
@@ -447,6 +534,9 @@ def main():
     parser.add_argument("--big-table", type=int, nargs="?", const=401_059, default=None, metavar="ROWS",
                         help="only time prepare_data.py on ISIC 2024 as Kaggle ships it, generated: 401,059 rows "
                              "(or ROWS) and their images in one HDF5 file")
+    parser.add_argument("--predict", default=None, metavar="CHECKPOINT",
+                        help="only time evaluate.py --predict's ways of running this checkpoint, on --data's test "
+                             "split (default: benchmarks/out/quality/ham-test)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted after)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="speed-"))
@@ -462,6 +552,11 @@ def main():
         if args.big_table:
             big_table(work, args.big_table)
             return
+        if args.predict:
+            data = args.data or ROOT / "benchmarks" / "out" / "quality" / "ham-test"
+            prediction_figures(args.predict, data, args.images)
+            return
+        args.images = args.images or 160
         data = Path(args.data) if args.data else None
         if data is None or not (data / "labels.csv").exists():
             source = data or "synthetic"

@@ -78,11 +78,22 @@ def in_threads(work, items, what, threads, block=256):
     return results
 
 
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """--help as the docstring is laid out, each option followed by its default unless its help names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:  # (0 is a default; False is a flag off)
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with the script's docstring as its help, and a mistake answered in one line, exit code 2."""
 
     def __init__(self, doc):
-        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=doc, formatter_class=HelpWithDefaults)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -70,6 +70,19 @@ def run_main(module, *args, monkeypatch):
     return 0
 
 
+def prepare_and_train(source, folder, name, *train_options, monkeypatch):
+    """prepare_data.py on source into folder/data, then train.py on it at 32 px with these options: the
+    checkpoint, folder/<name>.pt."""
+    import prepare_data
+    import train
+
+    assert run_main(prepare_data, "--source", source, "--out", folder / "data", monkeypatch=monkeypatch) == 0
+    checkpoint = folder / f"{name}.pt"
+    assert run_main(train, "--data", folder / "data", "--img-size", 32, *train_options, "--out", checkpoint,
+                    monkeypatch=monkeypatch) == 0
+    return checkpoint
+
+
 def run_script(script, *args, cwd=ROOT, **kwargs):
     """Run a top-level script in a real subprocess, as a user would."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,

@@ -147,24 +147,31 @@ def test_logistic_regression_finds_the_rates_of_a_table_by_hand():
 
 def test_late_fusion_by_hand_and_a_missing_feature_moves_nothing():
     fusion = {"features": ["age"], "vocabulary": {}, "centre": [50.0], "scale": [10.0], "weights": [0.8],
-              "image_weight": 1.5, "bias": -0.2}
+              "bias": -0.2}
     image = torch.tensor([0.5, 0.8, 0.8])
     fused = LateFusion(fusion)(image, torch.tensor([[70.0], [50.0], [math.nan]])).tolist()
-    expected_70 = 1 / (1 + math.exp(-(1.5 * 0 + 0.8 * 2 - 0.2)))  # log-odds of 0.5 is 0; age 70 is 2 sd up
+    expected_70 = 1 / (1 + math.exp(-(0 + 0.8 * 2 - 0.2)))  # log-odds of 0.5 is 0; age 70 is 2 sd up
     assert fused[0] == pytest.approx(expected_70, abs=1e-6)
+    assert fused[1] == pytest.approx(1 / (1 + math.exp(-(math.log(4) - 0.2))), abs=1e-6)  # 0.8: odds of 4
     assert fused[1] == pytest.approx(fused[2], abs=1e-7)  # unknown age counts as the average age
 
 
-def test_the_fusion_is_fitted_on_the_held_out_images():
-    # Age decides everything in these held-out images, and the image model knows nothing (always 0.5).
-    table = pd.DataFrame({"isic_id": [f"i{k}" for k in range(40)], "split": ["train"] * 20 + ["val"] * 20,
-                          "age": [20 + k for k in range(40)], "label": [int(k % 20 >= 10) for k in range(40)]})
+def test_the_metadata_is_learnt_on_every_label_and_the_bias_on_held_out_images():
+    # Age decides these 40 labelled images (45 and over: malignant); the image model knows nothing (0.5 for
+    # each of its 20 held-out validation images, of which 8 are malignant).
+    ages = list(range(20, 60))
+    table = pd.DataFrame({"isic_id": [f"i{age}" for age in ages], "split": ["train", "val"] * 20, "age": ages,
+                          "label": [int(age >= 45) for age in ages]})
     held_out = table[table["split"] == "val"]
     checkpoint = {"val_predictions": {"isic_id": held_out["isic_id"].tolist(), "probability": [0.5] * 20,
                                       "label": held_out["label"].tolist()}}
     fusion = fit_late_fusion(checkpoint, table, strength=1.0)
-    assert fusion["features"] == ["age"] and fusion["fitted_on"] == 20
+    assert fusion["features"] == ["age"] and (fusion["fitted_on"], fusion["bias_fitted_on"]) == (40, 20)
     assert fusion["centre"] == [pytest.approx(39.5)] and fusion["weights"][0] > 1  # older: more often malignant
+    # The bias is a logistic regression's: on the images it is fitted on, the predicted malignant add up to
+    # the malignant there are.
+    fused = LateFusion(fusion)(torch.full((20,), 0.5), torch.tensor(held_out[["age"]].values, dtype=torch.float32))
+    assert fused.sum().item() == pytest.approx(8, abs=1e-4)
 
 
 # --- End to end: trained by default, carried in the checkpoint, reported ------------------------------------
@@ -173,8 +180,9 @@ def test_the_checkpoint_carries_its_fusion_and_the_metadata_helps(trained_baseli
     checkpoint, data = trained_baseline
     info = torch.load(checkpoint, weights_only=True)
     fusion = info["fusion"]
-    assert fusion["features"][:3] == ["age", "sex: female", "sex: male"] and fusion["fitted_on"] == len(
-        read_split(data, "val"))
+    assert fusion["features"][:3] == ["age", "sex: female", "sex: male"]
+    assert fusion["fitted_on"] == len(read_split(data, "train")) + len(read_split(data, "val"))
+    assert fusion["bias_fitted_on"] == len(read_split(data, "val"))
     assert len(fusion["centre"]) == len(fusion["scale"]) == len(fusion["weights"]) == len(fusion["features"])
     # The synthetic malignant lesions come older and more often on the back: the fusion learnt both.
     weight = dict(zip(fusion["features"], fusion["weights"]))

@@ -46,3 +46,20 @@ def test_a_bad_number_in_a_real_process(tmp_path):
     step = run_script("train.py", "--data", tmp_path / "absent", "--img-size", "4")
     assert step.returncode == 2
     assert step.stderr.count("\n") == 1 and "--img-size" in step.stderr and "Traceback" not in step.stderr
+
+
+@pytest.mark.parametrize("script", [prepare_data, train, evaluate], ids=lambda module: module.__name__)
+def test_help_gives_each_option_its_default(script, monkeypatch, capsys):
+    # Every option says what it does, and every option with a value says what that value is when not given.
+    parsers = []
+    real_init = script.Parser.__init__
+    monkeypatch.setattr(script.Parser, "__init__", lambda self, doc: parsers.append(self) or real_init(self, doc))
+    assert run_main(script, "--help", monkeypatch=monkeypatch) == 0
+    text = " ".join(capsys.readouterr().out.split())  # the help, its lines joined
+    for action in parsers[0]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings[0]} has no help"
+            if action.default not in (None, False):
+                assert "default" in " ".join(parsers[0]._get_formatter()._get_help_string(action).split()), \
+                    action.option_strings[0]
+    assert "(default: 15)" in text or script is not train

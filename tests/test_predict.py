@@ -6,19 +6,15 @@ import pandas as pd
 import pytest
 
 import evaluate
-import prepare_data
 import train
-from conftest import jpeg_bytes, make_image, make_isic_2024, run_main, write_hdf5
+from conftest import jpeg_bytes, make_image, make_isic_2024, prepare_and_train, run_main, write_hdf5
 from model import load_checkpoint
 
 
 def test_kaggle_folder_to_submission(tmp_path, monkeypatch):
     # prepare -> train -> predict on ISIC 2024 as Kaggle ships it: test-metadata.csv beside test-image.hdf5.
     root = make_isic_2024(tmp_path / "isic2024", count=36, patients=9, test_count=10)
-    assert run_main(prepare_data, "--source", root, "--out", tmp_path / "data", monkeypatch=monkeypatch) == 0
-    checkpoint = tmp_path / "tiny.pt"
-    assert run_main(train, "--data", tmp_path / "data", "--img-size", 32, "--epochs", 2, "--neg-per-pos", 2,
-                    "--out", checkpoint, monkeypatch=monkeypatch) == 0
+    checkpoint = prepare_and_train(root, tmp_path, "tiny", "--epochs", 2, "--neg-per-pos", 2, monkeypatch=monkeypatch)
     monkeypatch.chdir(tmp_path)  # the default folder: reports/<checkpoint's name>
     assert run_main(evaluate, checkpoint, "--predict", root / "test-metadata.csv", monkeypatch=monkeypatch) == 0
     submission = pd.read_csv(tmp_path / "reports" / "tiny" / "submission.csv")
@@ -38,10 +34,7 @@ def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypa
         target = meta["target"] if target is None else target
         meta["clin_size_long_diam_mm"] = [2 + 6 * t + 2 * (i % 5) / 4 for i, t in enumerate(target)]
         meta.to_csv(root / name, index=False)
-    assert run_main(prepare_data, "--source", root, "--out", tmp_path / "data", monkeypatch=monkeypatch) == 0
-    checkpoint = tmp_path / "sized.pt"
-    assert run_main(train, "--data", tmp_path / "data", "--img-size", 32, "--epochs", 1, "--folds", 3,
-                    "--out", checkpoint, monkeypatch=monkeypatch) == 0
+    checkpoint = prepare_and_train(root, tmp_path, "sized", "--epochs", 1, "--folds", 3, monkeypatch=monkeypatch)
     truth = [i % 2 for i in range(20)]
     submission = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
     assert train.roc_auc(truth, submission["target"].tolist()) == 1.0
