@@ -44,7 +44,7 @@ def build_transforms(img_size, train, mean, std):
             v2.RandomVerticalFlip(),
             v2.RandomRotation(45),                                              # no "up" on skin
             v2.ToDtype(torch.float32, scale=True),
-            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),                                # light, camera
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),  # light, camera
         ]
     else:
         steps = [v2.ToImage(), v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
@@ -254,6 +254,8 @@ class EpochSampler(Sampler):
         return math.ceil(self.size / self.world_size)
 
     def __iter__(self):
+        # One stream per (seed, epoch): the multiplier, larger than any run's epoch count, keeps seed 1's epochs
+        # from replaying seed 0's later ones (seed * 10 + epoch would give seed 1 epoch 0 = seed 0 epoch 10).
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.neg_per_pos:
             drawn = self.negatives[torch.randperm(len(self.negatives), generator=generator)]
@@ -261,7 +263,7 @@ class EpochSampler(Sampler):
             order = chosen[torch.randperm(len(chosen), generator=generator)]
         elif self.balanced:
             weight_per_class = 1.0 / torch.bincount(self.labels, minlength=2).clamp(min=1)
-            order = torch.multinomial(weight_per_class[self.labels], self.size, True, generator=generator)
+            order = torch.multinomial(weight_per_class[self.labels], self.size, replacement=True, generator=generator)
         else:
             order = torch.randperm(self.size, generator=generator)
         padded = torch.cat([order, order[:len(self) * self.world_size - self.size]])  # equal shares
@@ -279,8 +281,8 @@ def build_loaders(data_dir, img_size, batch_size, mean, std, balanced_sampler=Fa
     train together: every world_size-th validation image, from the rank-th on (train.py gathers them).
     """
     train_table, val_table = train_and_val(data_dir, fold, folds, seed)
-    train_set = CustomDataset(train_table, build_transforms(img_size, True, mean, std))
-    val_set = CustomDataset(val_table[rank::world_size], build_transforms(img_size, False, mean, std))
+    train_set = CustomDataset(train_table, build_transforms(img_size, train=True, mean=mean, std=std))
+    val_set = CustomDataset(val_table[rank::world_size], build_transforms(img_size, train=False, mean=mean, std=std))
     sampler = EpochSampler(train_set.labels, seed, balanced_sampler, neg_per_pos, rank, world_size)
     # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
     generator = torch.Generator().manual_seed(seed)
@@ -322,8 +324,8 @@ if __name__ == "__main__":
         print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
               f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")
         out = args.out or Path(args.data) / "augmentations.png"
-        draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std), out,
-                               mean, std)
+        plain = build_transforms(args.img_size, train=False, mean=mean, std=std)
+        draw_augmentation_grid(train_loader.dataset, plain, out, mean, std)
     except DataError as error:
         stop(error)
     print(f"drew {out}")

@@ -130,7 +130,7 @@ def all_metrics(labels, probabilities, threshold):
 
 def evaluation_transform(checkpoint):
     """The preprocessing the checkpoint's model was validated with: its image size and normalisation."""
-    return build_transforms(checkpoint["img_size"], False, checkpoint["mean"], checkpoint["std"])
+    return build_transforms(checkpoint["img_size"], train=False, mean=checkpoint["mean"], std=checkpoint["std"])
 
 
 def score(members, table, batch_size, workers, device):

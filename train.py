@@ -184,7 +184,8 @@ def summarise(probabilities, labels):
 
 def linear_probe(model, train_loader, val_loader, args, device):
     """(the head, which alone learns; loaders of the train and val images' features)."""
-    plain_transform = build_transforms(args.img_size, False, *normalisation(args.model))
+    mean, std = normalisation(args.model)
+    plain_transform = build_transforms(args.img_size, train=False, mean=mean, std=std)
     plain = CustomDataset(train_loader.dataset.table, plain_transform)
     train_features = backbone_features(model, plain, args.batch_size, device)
     val_features = backbone_features(model, val_loader.dataset, args.batch_size, device)
@@ -301,7 +302,7 @@ def parse_arguments():
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="auto: bf16 on a GPU that supports it, else fp32; fp16 on CUDA only")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order and the augmentation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first weights, the order and the augmentation")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     parser.add_argument("--resume", metavar="CKPT", help="carry on an interrupted run, with its own arguments")
     parser.add_argument("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
@@ -336,7 +337,7 @@ def build_data_and_model(args, fold, precision, rank, world_size, device):
     model = build_model(args.model, args.pretrained).to(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if rank == 0 and fold in (None, 1):  # one picture for all folds
-        draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, False, mean, std),
+        draw_augmentation_grid(train_loader.dataset, build_transforms(args.img_size, train=False, mean=mean, std=std),
                                args.out.with_name(f"{args.out.stem}-augmentations.png"), mean, std, seed=args.seed)
     train_labels = torch.tensor(train_loader.dataset.labels)
     val_ids = distributed.gather(val_loader.dataset.table["isic_id"].tolist(), world_size)
