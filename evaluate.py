@@ -334,7 +334,8 @@ def export(members, threshold, path):
              "output": "'probability': P(malignant) of each image, from one view (evaluate.py --predict --no-tta); "
                        "malignant when at least threshold, chosen on the validation images"}
     if fusion:
-        features = torch.tensor(fusion["centre"]) + torch.randn(5, len(fusion["centre"]), generator=generator)
+        features = torch.tensor(fusion["centre"]) + torch.randn(len(inputs["image"]), len(fusion["centre"]),
+                                                                generator=generator)
         features[0, ::2], features[1] = math.nan, math.nan
         inputs["metadata"] = features
         props.update(metadata_features=json.dumps(fusion["features"]), metadata=METADATA_RULE)

@@ -31,10 +31,7 @@ def refitted_auc(data, recipe, strength, pool="dev"):
     if log is None:
         return None
     checkpoint_path = Path(pd.read_json(log, typ="series")["checkpoints"][0])
-    checkpoint = read_checkpoint(checkpoint_path)
-    held_out = checkpoint["val_predictions"]
-    held_out = {**held_out, "probability": held_out.get("image_probability", held_out["probability"])}
-    fusion = fit_late_fusion({"val_predictions": held_out}, read_labels(data), strength)
+    fusion = fit_late_fusion(read_checkpoint(checkpoint_path), read_labels(data), strength)  # from the image alone
     predictions = pd.read_csv(data / f"{recipe}-{pool}" / "predictions.csv")
     scored = read_labels(ROOT / "benchmarks" / "out" / "quality" / f"ham-{pool}").set_index("isic_id")
     table = scored.loc[predictions["isic_id"]].reset_index()
