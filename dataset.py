@@ -15,7 +15,6 @@ Example (prints one training batch, and draws a few images as the model sees the
 """
 import math
 import os
-import random
 from pathlib import Path
 
 import pandas as pd
@@ -24,9 +23,25 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from helpers.charts import draw_augmentation_grid
-from helpers.files import DataError, Parser, number, stop
+from helpers.files import DataError, Parser, leads_outside, number, stop
 from helpers.images import load_image
-from prepare_data import evidence_columns  # the one list of what counts as evidence
+from prepare_data import deal_groups, evidence_columns  # how splits are dealt; what counts as evidence
+
+
+class CustomDataset(Dataset):
+    """Images listed in a table (labels.csv's columns: load_path, label, isic_id), as (tensor, label) pairs."""
+
+    def __init__(self, table, transform):
+        self.table = table.reset_index(drop=True)
+        self.transform = transform
+        # Columns as plain lists: fast to index, and cheap to copy into worker processes.
+        self.paths, self.labels = self.table["load_path"].tolist(), self.table["label"].tolist()
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, index):
+        return self.transform(load_image(self.paths[index])), self.labels[index]
 
 
 def build_transforms(img_size, train, mean, std):
@@ -67,11 +82,11 @@ def read_labels(data_dir):
         raise DataError(f"{csv}, line {wrong[0] + 2}: label '{table['label'][wrong[0]]}' is not 0 (benign) or "
                         f"1 (malignant); write the file with prepare_data.py")
     # A relative path must stay inside the data folder: '../../somewhere' in an edited file is refused.
-    root = os.path.normpath(csv.parent)
+    root = csv.parent
     for column in {"image_path", "cached_path"} & set(table.columns):
         for line, path in enumerate(table[column], start=2):
             if (isinstance(path, str) and ".." in path and not Path(path).is_absolute()
-                    and not Path(os.path.normpath(csv.parent / path)).is_relative_to(root)):
+                    and leads_outside(csv.parent / path, root)):
                 raise DataError(f"{csv}, line {line}: {column.replace('_', ' ')} {path} leads outside {root}; "
                                 "fix or remove the row")
     table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute
@@ -91,139 +106,7 @@ def read_split(data_dir, split):
     return table
 
 
-# --- Cross-validation (train.py --folds K) --------------------------------------------------------------
-# With a few hundred labels, 15 % of them (the val split) is too few to choose an epoch and a threshold
-# on. Cross-validation pools the train and val splits and deals them into K folds; K models each train
-# on K-1 folds and validate on the one left out. Every image then gets one honest prediction, from the
-# model that never saw it, and the K models are averaged at test time. The test split stays out.
-
-def cross_validation_folds(table, folds, seed):
-    """The fold (0 to folds-1) of each row of the table. Whole groups (a lesion's or a patient's images,
-    see prepare_data.py) go to one fold, or a model would validate on lesions it trained on; they are
-    dealt class by class, biggest first, each to the fold with the fewest images of its class so far."""
-    groups = table["group"] if "group" in table else table["isic_id"]
-    group_label, group_size = table["label"].groupby(groups).max(), groups.value_counts()
-    fold_of, rng = {}, random.Random(seed)
-    for label in (0, 1):
-        members = sorted(group_label.index[group_label == label])
-        rng.shuffle(members)
-        members.sort(key=lambda group: -group_size[group])  # stable: shuffled within equal sizes
-        filled = [0] * folds
-        for group in members:
-            fold_of[group] = filled.index(min(filled))
-            filled[fold_of[group]] += group_size[group]
-    return groups.map(fold_of).to_numpy()
-
-
-def train_and_val(data_dir, fold=None, folds=1, seed=0):
-    """The tables of training and validation images: the train and val splits, or with `folds` > 1 both
-    pooled, fold number `fold` (1 to folds) validating and the others training."""
-    if folds == 1:
-        return read_split(data_dir, "train"), read_split(data_dir, "val")
-    pool = pd.concat([read_split(data_dir, "train"), read_split(data_dir, "val")], ignore_index=True)
-    fold_of = cross_validation_folds(pool, folds, seed)
-    per_class = [len(set(fold_of[pool["label"] == label])) for label in (0, 1)]
-    if min(per_class) < folds:  # then a fold would validate on one class only, or on nothing
-        raise DataError(f"{Path(data_dir) / 'labels.csv'}: {folds} folds need both classes in every fold, but the "
-                        f"train and val splits fill only {min(per_class)}; use fewer --folds")
-    left_out = fold_of == fold - 1
-    return pool[~left_out].reset_index(drop=True), pool[left_out].reset_index(drop=True)
-
-
-class CustomDataset(Dataset):
-    """Images listed in a table (labels.csv's columns: load_path, label, isic_id), as (tensor, label) pairs."""
-
-    def __init__(self, table, transform):
-        self.table = table.reset_index(drop=True)
-        self.transform = transform
-        # Columns as plain lists: fast to index, and cheap to copy into worker processes.
-        self.paths, self.labels = self.table["load_path"].tolist(), self.table["label"].tolist()
-
-    def __len__(self):
-        return len(self.table)
-
-    def __getitem__(self, index):
-        return self.transform(load_image(self.paths[index])), self.labels[index]
-
-
-# --- The metadata, as numbers ------------------------------------------------------------------------
-# prepare_data.py carried each image's age, sex and body site (and ISIC 2024's measurements) into
-# labels.csv, empty where unknown. A model weighs numbers, so a number stays a number (age in years) and
-# a word becomes one column per word of the vocabulary, 1 where it applies and 0 elsewhere ("one-hot").
-# Whatever is unknown is NaN: model.py's LateFusion reads NaN as "no evidence either way". A torso site
-# also lights a "torso" column, so that an older export's plain "torso" shares what the sides teach.
-#
-# Where the images name their patient (ISIC 2024), each measurement also comes relative to that patient's
-# other lesions: how many of the patient's standard deviations it lies from the patient's mean. A
-# dermatologist calls it the "ugly duckling" sign: the mole unlike the patient's other moles is the
-# suspect one, whatever its size in millimetres. It is computed on the images being scored, patient by
-# patient, so it needs no label and travels to a new patient.
-WORD_COLUMNS = ("sex", "site")
-VS_PATIENT = " vs patient"
-
-
-def metadata_encoding(table):
-    """Which features the metadata of these (training) images gives: every evidence column with at least
-    one value, each word column spelled out as one feature per word seen. None when there is no metadata."""
-    features, vocabulary = [], {}
-    patient = patients(table)
-    several_lesions = patient is not None and patient.duplicated().any()  # someone to compare a lesion with
-    for column in evidence_columns(table):
-        values = table[column].dropna()
-        if values.empty:
-            continue
-        if column in WORD_COLUMNS:
-            words = {word for value in values for word in words_of(value)}
-            vocabulary[column] = sorted(words)
-            features += [f"{column}: {word}" for word in vocabulary[column]]
-        else:
-            features.append(column)
-            if column != "age" and several_lesions:
-                features.append(column + VS_PATIENT)
-    return {"features": features, "vocabulary": vocabulary} if features else None
-
-
-def metadata_fields(encoding):
-    """The metadata columns an encoding reads (its features' sources): age, sex, site ..."""
-    return list(dict.fromkeys(feature.removesuffix(VS_PATIENT).split(": ")[0] for feature in encoding["features"]))
-
-
-def patients(table):
-    """The patient of each row (labels.csv's patient, or a metadata CSV's patient_id), or None."""
-    return table["patient"] if "patient" in table else table.get("patient_id")
-
-
-def relative_to_patient(values, patient):
-    """Each value minus the mean of its patient's values, in its patient's standard deviations (NaN for a
-    patient with fewer than two known values, or all alike)."""
-    values = pd.to_numeric(values, errors="coerce").astype(float)
-    by_patient = values.groupby(patient)
-    return ((values - by_patient.transform("mean")) / by_patient.transform("std").replace(0, math.nan)).tolist()
-
-
-def words_of(value):
-    """The one-hot columns a word lights: itself, and "torso" for a torso of any side."""
-    return {value, "torso"} if str(value).endswith("torso") else {value}
-
-
-def metadata_features(table, encoding):
-    """An (images x features) float tensor of the encoding's features for each row of the table, NaN
-    where a value is missing, the column is absent, or a word was never seen in training."""
-    columns = []
-    for feature in encoding["features"]:
-        column, _, word = feature.removesuffix(VS_PATIENT).partition(": ")
-        values = table[column] if column in table else pd.Series(math.nan, index=table.index)
-        if feature.endswith(VS_PATIENT):
-            patient = patients(table)
-            columns.append(relative_to_patient(values, patient) if patient is not None else [math.nan] * len(table))
-        elif word:  # one-hot: 1 where the word applies, 0 where another known word does, else missing
-            known = set(encoding["vocabulary"][column])
-            columns.append([math.nan if not isinstance(value, str) or value not in known
-                            else float(word in words_of(value)) for value in values])
-        else:
-            columns.append(pd.to_numeric(values, errors="coerce").astype(float).tolist())
-    return torch.tensor(columns, dtype=torch.float32).T.reshape(len(table), len(encoding["features"]))
-
+# --- Batches: which training images an epoch visits, and the DataLoaders ---------------------------
 
 class EpochSampler(Sampler):
     """Which training images an epoch visits, and in what order: a function of (seed, epoch) alone.
@@ -310,6 +193,114 @@ def loader_options(workers):
     return dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
+# --- Cross-validation (train.py --folds K) --------------------------------------------------------------
+# With a few hundred labels, 15 % of them (the val split) is too few to choose an epoch and a threshold
+# on. Cross-validation pools the train and val splits and deals them into K folds; K models each train
+# on K-1 folds and validate on the one left out. Every image then gets one honest prediction, from the
+# model that never saw it, and the K models are averaged at test time. The test split stays out.
+
+def cross_validation_folds(table, folds, seed):
+    """The fold (0 to folds-1) of each row of the table. Whole groups (a lesion's or a patient's images,
+    see prepare_data.py) go to one fold, or a model would validate on lesions it trained on; they are
+    dealt as prepare_data.py deals its splits, class by class, so that each fold gets a K-th of each."""
+    groups = table["group"] if "group" in table else table["isic_id"]
+    return deal_groups(table.assign(group=groups), dict.fromkeys(range(folds), 1 / folds), seed).to_numpy()
+
+
+def train_and_val(data_dir, fold=None, folds=1, seed=0):
+    """The tables of training and validation images: the train and val splits, or with `folds` > 1 both
+    pooled, fold number `fold` (1 to folds) validating and the others training."""
+    if folds == 1:
+        return read_split(data_dir, "train"), read_split(data_dir, "val")
+    pool = pd.concat([read_split(data_dir, "train"), read_split(data_dir, "val")], ignore_index=True)
+    fold_of = cross_validation_folds(pool, folds, seed)
+    per_class = [len(set(fold_of[pool["label"] == label])) for label in (0, 1)]
+    if min(per_class) < folds:  # then a fold would validate on one class only, or on nothing
+        raise DataError(f"{Path(data_dir) / 'labels.csv'}: {folds} folds need both classes in every fold, but the "
+                        f"train and val splits fill only {min(per_class)}; use fewer --folds")
+    left_out = fold_of == fold - 1
+    return pool[~left_out].reset_index(drop=True), pool[left_out].reset_index(drop=True)
+
+
+# --- The metadata, as numbers ------------------------------------------------------------------------
+# prepare_data.py carried each image's age, sex and body site (and ISIC 2024's measurements) into
+# labels.csv, empty where unknown. A model weighs numbers, so a number stays a number (age in years) and
+# a word becomes one column per word of the vocabulary, 1 where it applies and 0 elsewhere ("one-hot").
+# Whatever is unknown is NaN: model.py's LateFusion reads NaN as "no evidence either way". A torso site
+# also lights a "torso" column, so that an older export's plain "torso" shares what the sides teach.
+#
+# Where the images name their patient (ISIC 2024), each measurement also comes relative to that patient's
+# other lesions: how many of the patient's standard deviations it lies from the patient's mean. A
+# dermatologist calls it the "ugly duckling" sign: the mole unlike the patient's other moles is the
+# suspect one, whatever its size in millimetres. It is computed on the images being scored, patient by
+# patient, so it needs no label and travels to a new patient.
+WORD_COLUMNS = ("sex", "site")
+VS_PATIENT = " vs patient"
+
+
+def metadata_encoding(table):
+    """Which features the metadata of these (training) images gives: every evidence column with at least
+    one value, each word column spelled out as one feature per word seen. None when there is no metadata."""
+    features, vocabulary = [], {}
+    patient = patients(table)
+    several_lesions = patient is not None and patient.duplicated().any()  # someone to compare a lesion with
+    for column in evidence_columns(table):
+        values = table[column].dropna()
+        if values.empty:
+            continue
+        if column in WORD_COLUMNS:
+            words = {word for value in values for word in words_of(value)}
+            vocabulary[column] = sorted(words)
+            features += [f"{column}: {word}" for word in vocabulary[column]]
+        else:
+            features.append(column)
+            if column != "age" and several_lesions:
+                features.append(column + VS_PATIENT)
+    return {"features": features, "vocabulary": vocabulary} if features else None
+
+
+def metadata_fields(encoding):
+    """The metadata columns an encoding reads (its features' sources): age, sex, site ..."""
+    return list(dict.fromkeys(feature.removesuffix(VS_PATIENT).split(": ")[0] for feature in encoding["features"]))
+
+
+def patients(table):
+    """The patient of each row (labels.csv's patient, or a metadata CSV's patient_id), or None."""
+    return table["patient"] if "patient" in table else table.get("patient_id")
+
+
+def relative_to_patient(values, patient):
+    """Each value minus the mean of its patient's values, in its patient's standard deviations (NaN for a
+    patient with fewer than two known values, or all alike)."""
+    values = pd.to_numeric(values, errors="coerce").astype(float)
+    by_patient = values.groupby(patient)
+    return ((values - by_patient.transform("mean")) / by_patient.transform("std").replace(0, math.nan)).tolist()
+
+
+def words_of(value):
+    """The one-hot columns a word lights: itself, and "torso" for a torso of any side."""
+    return {value, "torso"} if str(value).endswith("torso") else {value}
+
+
+def metadata_features(table, encoding):
+    """An (images x features) float tensor of the encoding's features for each row of the table, NaN
+    where a value is missing, the column is absent, or a word was never seen in training."""
+    columns = []
+    for feature in encoding["features"]:
+        column, _, word = feature.removesuffix(VS_PATIENT).partition(": ")
+        values = table[column] if column in table else pd.Series(math.nan, index=table.index)
+        if feature.endswith(VS_PATIENT):
+            patient = patients(table)
+            columns.append(relative_to_patient(values, patient) if patient is not None else [math.nan] * len(table))
+        elif word:  # one-hot: 1 where the word applies, 0 where another known word does, else missing
+            known = set(encoding["vocabulary"][column])
+            columns.append([math.nan if not isinstance(value, str) or value not in known
+                            else float(word in words_of(value)) for value in values])
+        else:
+            columns.append(pd.to_numeric(values, errors="coerce").astype(float).tolist())
+    return torch.tensor(columns, dtype=torch.float32).T.reshape(len(table), len(encoding["features"]))
+
+
 if __name__ == "__main__":
     parser = Parser(__doc__)
     parser.add_argument("data", nargs="?", default="data", help="folder with labels.csv")
@@ -319,13 +310,12 @@ if __name__ == "__main__":
     # Any normalisation will do for a look; each model chooses its own (model.py).
     mean = std = (0.5, 0.5, 0.5)
     try:
-        train_loader, _ = build_loaders(args.data, args.img_size, 8, mean, std)
+        train_loader, val_loader = build_loaders(args.data, args.img_size, 8, mean, std)
         images, labels = next(iter(train_loader))
         print(f"one training batch: images {tuple(images.shape)} {images.dtype}, "
               f"mean {images.mean():.2f} std {images.std():.2f}; labels {labels.tolist()}")
         out = args.out or Path(args.data) / "augmentations.png"
-        plain = build_transforms(args.img_size, train=False, mean=mean, std=std)
-        draw_augmentation_grid(train_loader.dataset, plain, out, mean, std)
+        draw_augmentation_grid(train_loader.dataset, val_loader.dataset.transform, out, mean, std)
     except DataError as error:
         stop(error)
     print(f"drew {out}")

@@ -39,8 +39,8 @@ Examples:
   python evaluate.py checkpoints/resnet.pt --data data/uda --split test --out reports/uda
   python evaluate.py checkpoints/resnet.pt --image lesion.jpg --age 62 --sex female --site "lower extremity"
   python evaluate.py checkpoints/resnet.pt --target-sensitivity 0.9    # a screening operating point
-  python evaluate.py checkpoints/seed0.pt checkpoints/seed1.pt checkpoints/seed2.pt   # an ensemble
-  python evaluate.py checkpoints/resnet.pt --data data/clinic --threshold-from data/clinic-50   # a new clinic
+  python evaluate.py checkpoints/efficientnet_lite0.pt checkpoints/lite0-1.pt   # an ensemble of two seeds
+  python evaluate.py checkpoints/resnet.pt --image lesion.jpg --threshold-from data/clinic-50   # a new clinic
   python evaluate.py checkpoints/isic2024.pt --predict ../isic-2024/test-metadata.csv   # a Kaggle submission
   python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos     # a folder of images
   python evaluate.py checkpoints/resnet.pt --export resnet.onnx                       # for ONNX Runtime
@@ -238,8 +238,9 @@ def classify_image(path, members, threshold, out, device, age=None, sex=None, si
     model, checkpoint = members[0]
     tensor = CustomDataset(table, evaluation_transform(checkpoint))[0][0].to(device)
     picture = to_picture(tensor, checkpoint["mean"], checkpoint["std"])
-    save_image(overlay(picture, grad_cam(model, tensor)), out / f"grad_cam_{Path(path).stem}.png")
-    print(f"where it looked: {out / f'grad_cam_{Path(path).stem}.png'}")
+    cam = grad_cam(model, tensor, towards=int(probability >= threshold))  # the evidence for its answer
+    save_image(overlay(picture, cam), out / f"grad_cam_{Path(path).stem}.png")
+    print(f"where it saw {verdict} evidence: {out / f'grad_cam_{Path(path).stem}.png'}")
 
 
 # --- Predicting: a submission for images without labels -------------------------------------------------
@@ -313,9 +314,11 @@ METADATA_RULE = ("input 'metadata': float32, shape (images, features), the featu
 
 
 def example_images(info, generator=None, count=5):
-    """Random images as the model sees them (its size, normalised): to trace and check an export on."""
-    pixels = torch.rand(count, 3, info["img_size"], info["img_size"], generator=generator)
-    return (pixels - torch.tensor(info["mean"])[:, None, None]) / torch.tensor(info["std"])[:, None, None]
+    """Random images as the model sees them (through its evaluation transform): to trace and check an
+    export on."""
+    transform, size = evaluation_transform(info), info["img_size"]
+    pixels = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    return torch.stack([transform(image) for image in pixels])
 
 
 def export(members, threshold, path):

@@ -261,18 +261,20 @@ def standardise(features, centre, scale):
     return torch.where(torch.isnan(standardised), torch.zeros_like(standardised), standardised)
 
 
-def logistic_regression(inputs, labels, prior, strength, steps=50):
-    """The weights (bias first) that minimise the summed cross-entropy of sigmoid(bias + inputs @ weights)
-    plus strength[i]/2 times the squared distance of weight i from its prior: Newton's method, by hand.
+def logistic_regression(inputs, labels, prior, strength, offset=None, steps=50):
+    """The weights (bias first) that minimise the summed cross-entropy of sigmoid(offset + bias + inputs @
+    weights) plus strength[i]/2 times the squared distance of weight i from its prior: Newton's method, by
+    hand. `offset`, if given, is where each image's log-odds start (the fusion's image model).
 
     The penalty keeps a few dozen images from fitting noise: a weight moves from its prior only as far as
     the evidence pushes it. The loss is convex, so each Newton step (the gradient divided by the curvature)
     heads for its one minimum, reached to rounding in a few steps."""
     x = torch.cat([torch.ones(len(inputs), 1), inputs], dim=1).double()
     y, prior, penalty = labels.double(), prior.double(), torch.diag(strength.double())
+    start = torch.zeros(len(x), dtype=torch.float64) if offset is None else offset.double()
     weights = prior.clone()
     for _ in range(steps):
-        p = torch.sigmoid(x @ weights)
+        p = torch.sigmoid(start + x @ weights)
         gradient = x.T @ (p - y) + penalty @ (weights - prior)
         curvature = x.T @ (x * (p * (1 - p))[:, None]) + penalty
         step = torch.linalg.solve(curvature, gradient)
@@ -283,13 +285,13 @@ def logistic_regression(inputs, labels, prior, strength, steps=50):
 
 
 def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
-    """A LateFusion, as the dict the checkpoint carries: its metadata weights fitted on every train and val
-    image of the table (labels.csv's rows), its bias on the checkpoint's held-out predictions; None when
-    the data has no metadata."""
+    """A LateFusion, as the dict the checkpoint carries (its metadata weights fitted on every train and val
+    image of the table, labels.csv's rows; its bias on the checkpoint's held-out predictions), and those
+    held-out predictions fused: (None, None) when the data has no metadata."""
     labelled = table[table["split"].isin(["train", "val"])]
     encoding = metadata_encoding(labelled)
     if encoding is None:
-        return None
+        return None, None
     features = metadata_features(labelled, encoding)
     # A number is measured in standard deviations; a 0/1 word column keeps its scale, so that its weight is
     # what that word does to the log-odds: standardised, a word seen twice would stretch to +-10 and
@@ -301,16 +303,19 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
     count = len(encoding["features"])
     weights = logistic_regression(standardise(features, centre, scale), torch.tensor(labelled["label"].values),
                                   torch.zeros(count + 1), torch.tensor([1e-6] + [strength] * count))[1:]
-    # 2. The bias, on the held-out images: the image model's log-odds plus the metadata's, shifted.
+    # 2. The bias, on the held-out images: each starts from the image model's log-odds plus the metadata's,
+    # and only the shift of that sum is fitted. (A fusion fitted before is fitted again from the image alone.)
     held_out = checkpoint["val_predictions"]
+    image_alone = held_out.get("image_probability", held_out["probability"])
     rows = rows_of(table, held_out["isic_id"])
-    image_probability = torch.tensor(held_out.get("image_probability", held_out["probability"]))
-    summed = torch.logit(image_probability.clamp(1e-6, 1 - 1e-6)) + standardise(
+    summed = torch.logit(torch.tensor(image_alone).clamp(1e-6, 1 - 1e-6)) + standardise(
         metadata_features(rows, encoding), centre, scale) @ weights
-    bias = logistic_regression(summed[:, None], torch.tensor(held_out["label"]), torch.tensor([0.0, 1.0]),
-                               torch.tensor([1e-6, 1e9]))[0]  # the sum's weight held at 1
-    return {**encoding, "centre": centre.tolist(), "scale": scale.tolist(), "weights": weights.tolist(),
-            "bias": bias.item(), "fitted_on": len(labelled), "bias_fitted_on": len(rows)}
+    bias = logistic_regression(torch.zeros(len(rows), 0), torch.tensor(held_out["label"]), torch.zeros(1),
+                               torch.tensor([1e-6]), offset=summed)[0]
+    fusion = {**encoding, "centre": centre.tolist(), "scale": scale.tolist(), "weights": weights.tolist(),
+              "bias": bias.item(), "fitted_on": len(labelled), "bias_fitted_on": len(rows)}
+    fused = fused_probabilities(fusion, image_alone, rows)  # as evaluate.py will fuse every image it scores
+    return fusion, {**held_out, "probability": fused, "image_probability": image_alone}
 
 
 def nan_std(features):

@@ -26,6 +26,8 @@ Examples:
   python prepare_data.py --source synthetic
   python prepare_data.py --source ../shared/data/ham10000 --out data/ham --max-images 400 --balanced
   python prepare_data.py --source ../shared/data/isic_uda --out data/uda --test-only
+  python prepare_data.py --source ../isic-2024 --out data/isic2024              # ISIC 2024, as Kaggle ships it
+  python prepare_data.py --source ../clinic --out data/clinic-50 --test-only    # 50 labelled images of a new clinic
 """
 import argparse
 import os
@@ -35,7 +37,8 @@ from pathlib import Path
 import pandas as pd
 
 from helpers import hdf5
-from helpers.files import DataError, Parser, in_threads, number, report_skipped, save_atomically, stop
+from helpers.files import (DataError, Parser, in_threads, leads_outside, number, report_skipped,
+                           save_atomically, stop)
 from helpers.images import add_resized_copies, inspect_image
 from helpers.isic_archive import ISIC_API, ISIC_FILES, ISIC_MAX_IMAGES, ISIC_QUERY, download_isic_archive
 from helpers.synthetic import make_synthetic
@@ -109,6 +112,78 @@ def read_class_folders(root):
             for label, name in enumerate(["benign", "malignant"])
             for path in sorted((root / name).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     return pd.DataFrame(rows, columns=["isic_id", "image_path", "label", "diagnosis"])
+
+
+# The columns that identify a layout, in the order they are tried.
+LAYOUTS = [
+    ("HAM10000", {"image_id", "dx", "lesion_id"}, read_ham10000),
+    ("ISIC 2024 challenge", {"isic_id", "target", "patient_id"}, read_isic_2024),
+    ("ISIC Archive", {"isic_id", "diagnosis_1"}, read_isic_archive),
+    ("ISIC Archive", {"isic_id", "benign_malignant"}, read_isic_archive),
+]
+
+
+def find_images(folders, image_ids):
+    """For each id, the first existing <folder>/<id>.<suffix>, or the first candidate if none exists."""
+    # isic-cli has named its downloads <isic_id>.JPG, which a case-sensitive file system tells apart from .jpg.
+    suffixes = (".jpg", ".png", ".jpeg", ".JPG", ".tif", ".tiff")
+    # Each folder is listed once, and every id looked up in that list: hundreds of thousands of ids
+    # would otherwise cost millions of file-system calls.
+    listed = [(str(folder), set(os.listdir(folder)) if folder.is_dir() else set()) for folder in folders]
+    paths = []
+    for image_id in image_ids:
+        names = [f"{image_id}{suffix}" for suffix in suffixes]
+        found = next((os.path.join(folder, name) for folder, listing in listed for name in names if name in listing),
+                     None)
+        paths.append(found or os.path.join(listed[0][0], names[0]))
+    return paths
+
+
+def refuse_paths_outside(table, csv):
+    """An id such as '../../etc/passwd' in a CSV must not become a path outside the data folder."""
+    root = os.path.normpath(csv.parent)
+    for isic_id, path in zip(table["isic_id"], table["image_path"]):
+        plain_name = not any(part in str(isic_id) for part in ("/", "\\", ".."))  # the cheap test first
+        if not plain_name and leads_outside(path, root):
+            raise DataError(f"{csv}: image id {isic_id!r} leads outside {root}; fix or remove that row")
+    return table
+
+
+def read_metadata(csv):
+    """A metadata CSV as text, every column as it is (dtype=str: no guessing, no mixed-type warnings)."""
+    try:
+        meta = pd.read_csv(csv, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
+            from None
+    meta.columns = meta.columns.str.strip()
+    return meta
+
+
+def read_source(source):
+    """Detect the layout of a CSV file or a folder and read it into the common columns."""
+    if not source.exists():
+        raise DataError(f"{source} does not exist; give a metadata CSV, a data folder or 'synthetic'")
+    if source.is_dir() and (source / "benign").is_dir() and (source / "malignant").is_dir():
+        print(f"layout: a folder per class in {source}")
+        return read_class_folders(source)
+    csvs = [source] if source.is_file() else sorted(source.glob("*.csv"))
+    if not csvs:
+        raise DataError(f"no metadata CSV in {source} and no benign/ and malignant/ folders; "
+                        "point --source at the CSV or at a folder with one class per subfolder")
+    seen = []
+    for csv in csvs:
+        meta = read_metadata(csv)
+        for name, columns, reader in LAYOUTS:
+            if columns <= set(meta.columns):
+                print(f"layout: {name}, from {csv} ({len(meta)} rows)")
+                return refuse_paths_outside(reader(csv, meta), csv)
+        seen.append(f"{csv.name}: {', '.join(meta.columns)}")
+    expected = "; ".join(f"{name}: {', '.join(sorted(columns))}" for name, columns, _ in LAYOUTS)
+    raise DataError(f"no known layout in {source}. Found columns - {' | '.join(seen)}. "
+                    f"Expected one of - {expected}; or benign/ and malignant/ folders of images")
 
 
 # --- The metadata: evidence beside the pixels ----------------------------------------------------------
@@ -189,76 +264,50 @@ def report_missing_evidence(table):
     print(f"metadata missing, of {len(table)} images: {', '.join(shown)}{more}")
 
 
-# The columns that identify a layout, in the order they are tried.
-LAYOUTS = [
-    ("HAM10000", {"image_id", "dx", "lesion_id"}, read_ham10000),
-    ("ISIC 2024 challenge", {"isic_id", "target", "patient_id"}, read_isic_2024),
-    ("ISIC Archive", {"isic_id", "diagnosis_1"}, read_isic_archive),
-    ("ISIC Archive", {"isic_id", "benign_malignant"}, read_isic_archive),
-]
+# --- Cleaning: drop what cannot be used, and say so -------------------------------------------------
 
+def drop_unusable(table):
+    """Keep rows with a benign/malignant label and an image that decodes; add `sha1` and `shorter_side`."""
+    unlabelled = table["label"].isna()
+    for diagnosis, count in table.loc[unlabelled, "diagnosis"].fillna("(empty)").value_counts().items():
+        print(f"excluded {count} rows with diagnosis '{diagnosis}' (neither benign nor malignant)")
+    table = table[~unlabelled].copy()
+    table["label"] = table["label"].astype(int)
 
-def find_images(folders, image_ids):
-    """For each id, the first existing <folder>/<id>.<suffix>, or the first candidate if none exists."""
-    # isic-cli has named its downloads <isic_id>.JPG, which a case-sensitive file system tells apart from .jpg.
-    suffixes = (".jpg", ".png", ".jpeg", ".JPG", ".tif", ".tiff")
-    # Each folder is listed once, and every id looked up in that list: hundreds of thousands of ids
-    # would otherwise cost millions of file-system calls.
-    listed = [(str(folder), set(os.listdir(folder)) if folder.is_dir() else set()) for folder in folders]
-    paths = []
-    for image_id in image_ids:
-        names = [f"{image_id}{suffix}" for suffix in suffixes]
-        found = next((os.path.join(folder, name) for folder, listing in listed for name in names if name in listing),
-                     None)
-        paths.append(found or os.path.join(listed[0][0], names[0]))
-    return paths
+    conflicting = table.groupby("isic_id")["label"].nunique().loc[lambda n: n > 1]
+    if len(conflicting):
+        raise DataError(f"image id {conflicting.index[0]} appears with both labels "
+                        f"({len(conflicting)} such ids); fix the metadata CSV")
+    report_skipped("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
+    table = table.drop_duplicates("isic_id")
 
-
-def refuse_paths_outside(table, csv):
-    """An id such as '../../etc/passwd' in a CSV must not become a path outside the data folder."""
-    root = os.path.normpath(csv.parent)
-    for isic_id, path in zip(table["isic_id"], table["image_path"]):
-        plain_name = not any(part in str(isic_id) for part in ("/", "\\", ".."))  # the cheap test first
-        if not plain_name and not Path(os.path.normpath(path)).is_relative_to(root):
-            raise DataError(f"{csv}: image id {isic_id!r} leads outside {root}; fix or remove that row")
+    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
+    results = in_threads(inspect_image, table["image_path"].tolist(), "checked", min(8, os.cpu_count() or 1))
+    table["sha1"] = [sha1 for sha1, _, _ in results]
+    table["shorter_side"] = [side for _, _, side in results]
+    reasons = pd.Series([reason for _, reason, _ in results], index=table.index)
+    report_skipped("image file missing", table.loc[reasons == "missing", "isic_id"])
+    unreadable = reasons.notna() & (reasons != "missing")
+    report_skipped("image file unreadable", [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
+                                                                     reasons[unreadable])])
+    table = table[reasons.isna()]
+    refuse_label_conflicts(table)
+    if table.empty:
+        raise DataError("no usable rows remain: every row lacked a benign/malignant label or a readable "
+                        "image; check that the images sit where the layout expects them")
     return table
 
 
-def read_metadata(csv):
-    """A metadata CSV as text, every column as it is (dtype=str: no guessing, no mixed-type warnings)."""
-    try:
-        meta = pd.read_csv(csv, dtype=str)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
-            from None
-    meta.columns = meta.columns.str.strip()
-    return meta
-
-
-def read_source(source):
-    """Detect the layout of a CSV file or a folder and read it into the common columns."""
-    if not source.exists():
-        raise DataError(f"{source} does not exist; give a metadata CSV, a data folder or 'synthetic'")
-    if source.is_dir() and (source / "benign").is_dir() and (source / "malignant").is_dir():
-        print(f"layout: a folder per class in {source}")
-        return read_class_folders(source)
-    csvs = [source] if source.is_file() else sorted(source.glob("*.csv"))
-    if not csvs:
-        raise DataError(f"no metadata CSV in {source} and no benign/ and malignant/ folders; "
-                        "point --source at the CSV or at a folder with one class per subfolder")
-    seen = []
-    for csv in csvs:
-        meta = read_metadata(csv)
-        for name, columns, reader in LAYOUTS:
-            if columns <= set(meta.columns):
-                print(f"layout: {name}, from {csv} ({len(meta)} rows)")
-                return refuse_paths_outside(reader(csv, meta), csv)
-        seen.append(f"{csv.name}: {', '.join(meta.columns)}")
-    expected = "; ".join(f"{name}: {', '.join(sorted(columns))}" for name, columns, _ in LAYOUTS)
-    raise DataError(f"no known layout in {source}. Found columns - {' | '.join(seen)}. "
-                    f"Expected one of - {expected}; or benign/ and malignant/ folders of images")
+def refuse_label_conflicts(table):
+    """Byte-identical files are one image: under two labels, that is a mistake in the data, not a duplicate,
+    and training on both would teach the model both answers for one picture."""
+    labels_per_file = table.groupby("sha1")["label"].nunique()
+    conflicts = labels_per_file.index[labels_per_file > 1]
+    if len(conflicts):
+        rows = table[table["sha1"] == conflicts[0]]
+        benign, malignant = (rows.loc[rows["label"] == label, "image_path"].iloc[0] for label in (0, 1))
+        raise DataError(f"{benign} (benign) and {malignant} (malignant) are the same image, byte for byte, under "
+                        f"two labels ({len(conflicts)} such images); correct the label or remove one of them")
 
 
 # --- Grouping and splitting --------------------------------------------------------------------------
@@ -300,27 +349,25 @@ def subsample(table, max_images, balanced, seed):
     return pd.concat(keep).sort_index()
 
 
-def assign_splits(table, fractions, seed):
-    """Give each group a split, class by class, so that every split gets its share of each class.
-
-    Groups are dealt out largest first (so big patients do not unbalance the end), each to the split
-    that is furthest below its target number of images.
-    """
+def deal_groups(table, shares, seed):
+    """Each row's bin (a split, or with train.py --folds a fold), whole groups dealt out class by class so
+    that every bin gets its share of each class: largest first (so that big patients do not unbalance the
+    end), each to the bin furthest below its share of that class's images. shares: {bin: fraction}."""
     rng = random.Random(seed)
-    split_of_group = {}
+    bin_of_group = {}
     group_label = table.groupby("group")["label"].max()        # a group with any malignant is malignant
     group_size = table.groupby("group").size()
     for label in (0, 1):
         groups = sorted(group_label.index[group_label == label])
         rng.shuffle(groups)
         groups.sort(key=lambda g: -group_size[g])                 # stable: shuffled within equal sizes
-        target = {split: share * group_size[groups].sum() for split, share in fractions.items()}
-        filled = dict.fromkeys(fractions, 0)
+        target = {name: share * group_size[groups].sum() for name, share in shares.items()}
+        filled = dict.fromkeys(shares, 0)
         for group in groups:
-            split = max(fractions, key=lambda s: (target[s] - filled[s]) / target[s] if target[s] else -1)
-            split_of_group[group] = split
-            filled[split] += group_size[group]
-    return table["group"].map(split_of_group)
+            name = max(shares, key=lambda b: (target[b] - filled[b]) / target[b] if target[b] else -1)
+            bin_of_group[group] = name
+            filled[name] += group_size[group]
+    return table["group"].map(bin_of_group)
 
 
 def check_both_classes(table, test_only):
@@ -345,54 +392,6 @@ def print_counts(table):
     counts = pd.crosstab(table["split"], table["label"].map({0: "benign", 1: "malignant"}), margins=True,
                          margins_name="total")
     print(counts.reindex([s for s in ("train", "val", "test", "total") if s in counts.index]).to_string())
-
-
-# --- Cleaning: drop what cannot be used, and say so -------------------------------------------------
-
-def drop_unusable(table):
-    """Keep rows with a benign/malignant label and an image that decodes; add `sha1` and `shorter_side`."""
-    unlabelled = table["label"].isna()
-    for diagnosis, count in table.loc[unlabelled, "diagnosis"].fillna("(empty)").value_counts().items():
-        print(f"excluded {count} rows with diagnosis '{diagnosis}' (neither benign nor malignant)")
-    table = table[~unlabelled].copy()
-    table["label"] = table["label"].astype(int)
-
-    conflicting = table.groupby("isic_id")["label"].nunique().loc[lambda n: n > 1]
-    if len(conflicting):
-        raise DataError(f"image id {conflicting.index[0]} appears with both labels "
-                        f"({len(conflicting)} such ids); fix the metadata CSV")
-    report_skipped("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
-    table = table.drop_duplicates("isic_id")
-
-    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
-    results = in_threads(inspect_image, table["image_path"].tolist(), "checked", min(8, os.cpu_count() or 1))
-    table["sha1"] = [sha1 for sha1, _, _ in results]
-    table["shorter_side"] = [side for _, _, side in results]
-    reasons = pd.Series([reason for _, reason, _ in results], index=table.index)
-    report_skipped("image file missing", table.loc[reasons == "missing", "isic_id"])
-    unreadable = reasons.notna() & (reasons != "missing")
-    report_skipped("image file unreadable", [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
-                                                                     reasons[unreadable])])
-    table = table[reasons.isna()]
-    refuse_label_conflicts(table)
-    if table.empty:
-        raise DataError("no usable rows remain: every row lacked a benign/malignant label or a readable "
-                        "image; check that the images sit where the layout expects them")
-    return table
-
-
-
-
-def refuse_label_conflicts(table):
-    """Byte-identical files are one image: under two labels, that is a mistake in the data, not a duplicate,
-    and training on both would teach the model both answers for one picture."""
-    labels_per_file = table.groupby("sha1")["label"].nunique()
-    conflicts = labels_per_file.index[labels_per_file > 1]
-    if len(conflicts):
-        rows = table[table["sha1"] == conflicts[0]]
-        benign, malignant = (rows.loc[rows["label"] == label, "image_path"].iloc[0] for label in (0, 1))
-        raise DataError(f"{benign} (benign) and {malignant} (malignant) are the same image, byte for byte, under "
-                        f"two labels ({len(conflicts)} such images); correct the label or remove one of them")
 
 
 def parse_arguments():
@@ -460,7 +459,7 @@ def main():
         else:
             fractions = {"train": 1 - args.val_fraction - args.test_fraction,
                          "val": args.val_fraction, "test": args.test_fraction}
-            table["split"] = assign_splits(table, fractions, args.seed)
+            table["split"] = deal_groups(table, fractions, args.seed)
         check_both_classes(table, args.test_only)
         out.mkdir(parents=True, exist_ok=True)
         if args.copy_size:

@@ -31,7 +31,7 @@ def refitted_auc(data, recipe, strength, pool="dev"):
     if log is None:
         return None
     checkpoint_path = Path(pd.read_json(log, typ="series")["checkpoints"][0])
-    fusion = fit_late_fusion(read_checkpoint(checkpoint_path), read_labels(data), strength)  # from the image alone
+    fusion, _ = fit_late_fusion(read_checkpoint(checkpoint_path), read_labels(data), strength)  # from the image alone
     predictions = pd.read_csv(data / f"{recipe}-{pool}" / "predictions.csv")
     scored = read_labels(ROOT / "benchmarks" / "out" / "quality" / f"ham-{pool}").set_index("isic_id")
     table = scored.loc[predictions["isic_id"]].reset_index()

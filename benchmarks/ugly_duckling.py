@@ -49,7 +49,7 @@ def test_auc(world, with_patient, seed):
     table = train.assign(split="train")
     held_out = {"isic_id": train["isic_id"].tolist(), "probability": [0.5] * len(train),
                 "label": train["label"].tolist()}
-    fusion = fit_late_fusion({"val_predictions": held_out}, table)
+    fusion, _ = fit_late_fusion({"val_predictions": held_out}, table)
     return roc_auc(test["label"].tolist(), fused_probabilities(fusion, [0.5] * len(test), test))
 
 

@@ -42,15 +42,18 @@ class Chart:
         return self.left + x / self.x_max * self.width, self.top + (1 - y / self.y_max) * self.height
 
 
-def draw_curves(history, best_epoch, path):
-    """Loss (train and validation) and validation AUC per epoch, side by side, the best epoch marked."""
+def draw_curves(history, best_epoch, path, train_loss="cross-entropy"):
+    """Loss (train and validation) and validation AUC per epoch, side by side, the best epoch marked. The two
+    losses differ in kind: the training loss is `train_loss` on augmented images (dropout on), the
+    validation loss is cross-entropy on the validation images as they are scored (with TTA, their 8 views)."""
     last = max(history[-1]["epoch"], 2)
     epochs = range(0, last + 1, math.ceil(last / 6))
     top = max(max(row["train_loss"], row["val_loss"]) for row in history) * 1.1
     step = 10 ** math.floor(math.log10(top / 4))
     step *= next(m for m in (1, 2, 5, 10) if step * m >= top / 4)  # a round step: 0.1, 0.2, 0.5, 1 ...
-    loss = Chart("loss: train (blue), validation (orange)", "epoch", "cross-entropy", last, top, epochs,
-                 [round(k * step, 6) for k in range(int(top / step) + 1)])
+    loss_ticks = [round(k * step, 6) for k in range(int(top / step) + 1)]
+    loss = Chart("loss: train (blue), validation (orange)", "epoch", f"train: {train_loss}; val: cross-entropy",
+                 last, top, epochs, loss_ticks)
     auc = Chart(f"validation AUC (best: epoch {best_epoch})", "epoch", "AUC", last, 1, epochs,
                 (0, 0.2, 0.4, 0.6, 0.8, 1))
     for chart, series in ((loss, {"train_loss": (30, 60, 200), "val_loss": (230, 120, 20)}),

@@ -38,6 +38,13 @@ def wrap(module, device, world_size):
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
+def agree_after_epoch(model, train_loss, world_size, device):
+    """After an epoch every process holds the same weights but its own loss and batch-norm statistics:
+    all take the mean loss, and rank 0's statistics (see below). Returns the mean loss."""
+    share_batch_norm_statistics(model, world_size)
+    return mean_over_processes(train_loss, world_size, device)
+
+
 def mean_over_processes(value, world_size, device):
     """The mean of a number over the processes (every process gets it)."""
     if world_size == 1:

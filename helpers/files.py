@@ -5,6 +5,7 @@
 - Progress: a progress line for anything that takes more than a few seconds;
 - in_threads: a list of file jobs, run in threads, with a progress line;
 - report_skipped: one line naming the rows that were left out;
+- leads_outside: whether a path from a data file escapes its folder ('../../etc/passwd');
 - Parser, number, stop: argparse that checks numbers where they are parsed, and bad input answered
   with one line and exit code 2.
 """
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 
 class DataError(Exception):
@@ -36,6 +38,11 @@ def save_atomically(path, write):
 
 def save_image(image, path):
     save_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def leads_outside(path, root):
+    """Whether the path, its '..' resolved, lies outside the folder root: a file a CSV must not reach."""
+    return not Path(os.path.normpath(path)).is_relative_to(os.path.normpath(root))
 
 
 class Progress:

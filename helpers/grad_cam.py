@@ -1,6 +1,7 @@
 """Grad-CAM: where a model looked, drawn over the image; a first reading can skip it.
 
-evaluate.py draws a gallery of the most confident hits and misses, and one map for --image.
+evaluate.py draws a gallery of the most confident hits and misses, and one map for --image; each map
+shows the evidence for the answer the model gave.
 """
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -11,11 +12,14 @@ from helpers.files import save_image
 
 
 # Grad-CAM (Selvaraju et al., ICCV 2017): take the feature maps of the last convolution, weight each map
-# by how much the malignant log-odds rise when that map rises (its gradient, averaged over the map), add
-# them up and keep the positive part. Bright regions are the evidence the model used for "malignant".
+# by how much the log-odds of a class rise when that map rises (its gradient, averaged over the map), add
+# them up and keep the positive part. Bright regions are the evidence the model used for that class. For
+# an image it calls benign, the map for "malignant" is mostly zero (there was little such evidence), so
+# what is drawn is always the map for the class it chose: for a missed melanoma, what looked benign.
 
-def grad_cam(model, image):
-    """A map in [0, 1] of the image's size (image: one normalised tensor, C x H x W)."""
+def grad_cam(model, image, towards=1):
+    """A map in [0, 1] of the image's size: the evidence for class `towards` (1: malignant, 0: benign).
+    image: one normalised tensor, C x H x W."""
     last_convolution = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
     captured = {}
     hook = last_convolution.register_forward_hook(lambda module, inputs, output: captured.update(maps=output))
@@ -23,7 +27,7 @@ def grad_cam(model, image):
         with torch.enable_grad():
             logits = model(image.unsqueeze(0))
             maps = captured["maps"]
-            (gradients,) = torch.autograd.grad(logits[0, 1] - logits[0, 0], maps)
+            (gradients,) = torch.autograd.grad(logits[0, towards] - logits[0, 1 - towards], maps)
     finally:
         hook.remove()
     weights = gradients.mean(dim=(2, 3), keepdim=True)             # one weight per feature map
@@ -42,11 +46,15 @@ def overlay(picture, cam):
 
 
 def draw_grad_cam_gallery(model, dataset, probabilities, labels, threshold, path, device, mean, std, per_row=3):
-    """The most confident hits and misses, each as seen and with its Grad-CAM map."""
+    """The most confident hits and misses, each as seen and with its Grad-CAM map for the class called."""
     ranked = sorted(range(len(labels)), key=lambda i: -probabilities[i])
-    rows = {"true positives (most confident)": [i for i in ranked if labels[i] and probabilities[i] >= threshold],
-            "false negatives (most confident)": [i for i in ranked[::-1] if labels[i] and probabilities[i] < threshold],
-            "false positives (most confident)": [i for i in ranked if not labels[i] and probabilities[i] >= threshold]}
+    called = [int(p >= threshold) for p in probabilities]
+    rows = {"true positives: malignant, called malignant (map: its malignant evidence)":
+            [i for i in ranked if labels[i] and called[i]],
+            "false negatives: malignant, called benign (map: what looked benign)":
+            [i for i in ranked[::-1] if labels[i] and not called[i]],
+            "false positives: benign, called malignant (map: what looked malignant)":
+            [i for i in ranked if not labels[i] and called[i]]}
     size = dataset[0][0].shape[-1]
     font = ImageFont.load_default(13)
     cell_width, cell_height = 2 * size + 12, size + 40
@@ -60,7 +68,7 @@ def draw_grad_cam_gallery(model, dataset, probabilities, labels, threshold, path
             picture = to_picture(image, mean, std)
             left = column * cell_width
             gallery.paste(picture, (left, top + 22))
-            gallery.paste(overlay(picture, grad_cam(model, image)), (left + size + 4, top + 22))
+            gallery.paste(overlay(picture, grad_cam(model, image, called[index])), (left + size + 4, top + 22))
             draw.text((left, top + 24 + size), f"{dataset.table['isic_id'][index]}  p={probabilities[index]:.2f}",
                       fill="black", font=font)
     save_image(gallery, path)

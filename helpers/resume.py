@@ -30,6 +30,26 @@ def fold_path(out, fold):
     return out.with_name(f"{out.stem}-fold{fold}{out.suffix}") if fold else out
 
 
+def folds_to_train(interrupted, folds):
+    """(fold, the interrupted state to carry on in that fold, or None) for each model still to train:
+    fold None for a run without --folds; with --folds K, the folds from the one --resume stopped in (or,
+    if that fold had finished, the next) to K."""
+    if folds == 1:
+        return [(None, interrupted)]
+    if interrupted is None:
+        return [(fold, None) for fold in range(1, folds + 1)]
+    mid_fold = "training_state" in interrupted  # else that fold finished, and the next starts afresh
+    first = interrupted["fold"] if mid_fold else interrupted["fold"] + 1
+    return [(fold, interrupted if mid_fold and fold == first else None) for fold in range(first, folds + 1)]
+
+
+def training_state(weights, optimizer, scheduler, generator, history, best):
+    """What a resumed run needs to carry on after this epoch, as the checkpoint holds it."""
+    return {"model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "random": random_state(generator), "history": history,
+            "best": {key: value for key, value in best.items() if key != "weights"}}
+
+
 def random_state(generator):
     """Every random number generator that training draws from, so a resumed run draws the same numbers."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": generator.get_state(),

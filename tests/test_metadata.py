@@ -165,13 +165,15 @@ def test_the_metadata_is_learnt_on_every_label_and_the_bias_on_held_out_images()
     held_out = table[table["split"] == "val"]
     checkpoint = {"val_predictions": {"isic_id": held_out["isic_id"].tolist(), "probability": [0.5] * 20,
                                       "label": held_out["label"].tolist()}}
-    fusion = fit_late_fusion(checkpoint, table, strength=1.0)
+    fusion, fused_held_out = fit_late_fusion(checkpoint, table, strength=1.0)
     assert fusion["features"] == ["age"] and (fusion["fitted_on"], fusion["bias_fitted_on"]) == (40, 20)
     assert fusion["centre"] == [pytest.approx(39.5)] and fusion["weights"][0] > 1  # older: more often malignant
     # The bias is a logistic regression's: on the images it is fitted on, the predicted malignant add up to
     # the malignant there are.
     fused = LateFusion(fusion)(torch.full((20,), 0.5), torch.tensor(held_out[["age"]].values, dtype=torch.float32))
     assert fused.sum().item() == pytest.approx(8, abs=1e-4)
+    assert fused_held_out["probability"] == pytest.approx(fused.tolist(), abs=1e-6)  # what evaluate.py will score
+    assert fused_held_out["image_probability"] == [0.5] * 20
 
 
 # --- End to end: trained by default, carried in the checkpoint, reported ------------------------------------

@@ -95,7 +95,7 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_data, tmp_path, monkeypat
     info = train_briefly(tmp_path, synthetic_data, monkeypatch, "stopped", "--no-tta", "--patience", 2,
                          "--epochs", 10)
     output = capsys.readouterr().out
-    assert "no improvement for 2 epochs: stopping early" in output
+    assert "no improvement for 2 epochs: stopped early" in output
     assert "epoch   4/10" in output and "epoch   5/10" not in output
     assert len(weights_validated) == 4
     assert pd.read_csv(tmp_path / "stopped-log.csv")["val_auc"].tolist() == scripted[:4]
@@ -119,7 +119,7 @@ def test_patience_zero_trains_every_epoch_and_keeps_the_last(synthetic_data, tmp
     seen = []
     monkeypatch.setattr(train, "validate", scripted_validate)
     info = train_briefly(tmp_path, synthetic_data, monkeypatch, "fixed", "--no-tta", "--patience", 0, "--epochs", 3)
-    assert len(seen) == 3 and "stopping early" not in capsys.readouterr().out
+    assert len(seen) == 3 and "stopped early" not in capsys.readouterr().out
     assert info["epoch"] == 3 and info["val_metrics"]["auc"] == 0.70
     for name, tensor in info["state_dict"].items():
         assert torch.equal(tensor, seen[2][name]), name
