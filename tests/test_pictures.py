@@ -1,11 +1,13 @@
 """The pictures the code draws: written, of the expected size, not blank; Grad-CAM looks where it should."""
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 from dataset import CustomDataset, build_transforms, read_split
 from helpers.charts import draw_augmentation_grid
+import helpers.grad_cam
 from helpers.grad_cam import grad_cam
 from model import IMAGENET_MEAN, IMAGENET_STD, BaselineCNN
 
@@ -51,9 +53,10 @@ def test_grad_cam_has_the_image_size_and_is_normalised():
     assert cam.min() == 0 and cam.max() == 1
 
 
-def test_grad_cam_looks_at_the_corner_that_decides_the_class():
-    # Every image has a bright square somewhere; malignant ones (and only they) also have one in the
-    # top-left corner. A model that learns the task must look at that corner to call "malignant".
+@pytest.fixture(scope="module")
+def corner_model():
+    """Every image has a bright square somewhere; malignant ones (and only they) also have one in the
+    top-left corner. A model that learns the task must look at that corner to call "malignant"."""
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(256, 3, 32, 32, generator=generator) * 0.3
     labels = torch.arange(256) % 2
@@ -74,6 +77,11 @@ def test_grad_cam_looks_at_the_corner_that_decides_the_class():
     model.eval()
     with torch.no_grad():
         assert (model(images).argmax(1) == labels).float().mean() > 0.95  # it did learn the rule
+    return model, images
+
+
+def test_grad_cam_looks_at_the_corner_that_decides_the_class(corner_model):
+    model, images = corner_model
     peak_in_corner, on_corner, on_distractor = [], [], []
     for i in range(1, 80, 2):  # malignant images
         cam = grad_cam(model, images[i])
@@ -85,3 +93,27 @@ def test_grad_cam_looks_at_the_corner_that_decides_the_class():
         on_distractor.append(cam[distractor].mean())
     assert sum(peak_in_corner) >= 0.9 * len(peak_in_corner)
     assert torch.stack(on_corner).mean() > 2 * torch.stack(on_distractor).mean()
+
+
+def test_the_gallery_maps_the_evidence_for_the_class_each_image_was_called(tmp_path, monkeypatch):
+    # A missed melanoma has almost no malignant evidence, and its "malignant" map would be empty: the
+    # gallery draws the map of the class the model called instead (benign for a false negative).
+    asked = {}
+
+    def recording_grad_cam(model, image, towards=1):
+        asked[round(image[0, 0, 0].item())] = towards
+        return torch.zeros(image.shape[-2:])
+
+    monkeypatch.setattr(helpers.grad_cam, "grad_cam", recording_grad_cam)
+
+    class Images:  # image i is filled with the value i, so that the recorder knows which it was given
+        table = pd.DataFrame({"isic_id": [f"i{i}" for i in range(4)]})
+
+        def __getitem__(self, index):
+            return torch.full((3, 16, 16), float(index)), 0
+
+    labels, probabilities = [1, 1, 0, 0], [0.9, 0.1, 0.8, 0.2]  # a hit, a miss, a false alarm, a benign
+    helpers.grad_cam.draw_grad_cam_gallery(None, Images(), probabilities, labels, 0.5, tmp_path / "g.png", "cpu",
+                                           (0, 0, 0), (1, 1, 1))
+    assert asked == {0: 1, 1: 0, 2: 1}  # true positive, false negative, false positive
+    assert (tmp_path / "g.png").exists()
