@@ -236,3 +236,15 @@ def test_a_finished_run_has_nothing_to_resume(trained_baseline):
     checkpoint, _ = trained_baseline
     step = run_script("train.py", "--resume", checkpoint)
     assert step.returncode == 2 and "finished" in step.stderr and "nothing to resume" in step.stderr
+
+
+def test_a_cross_validated_run_resumes_in_the_fold_it_stopped_in():
+    from helpers.resume import folds_to_train
+    mid_fold_2 = {"fold": 2, "training_state": {}}  # a checkpoint saved during fold 2
+    fold_2_done = {"fold": 2}                        # fold 2's finished checkpoint
+    assert folds_to_train(None, 1) == [(None, None)]
+    assert folds_to_train(mid_fold_2, 1) == [(None, mid_fold_2)]  # no --folds: the one model carries on
+    assert folds_to_train(None, 3) == [(1, None), (2, None), (3, None)]
+    assert folds_to_train(mid_fold_2, 3) == [(2, mid_fold_2), (3, None)]
+    assert folds_to_train(fold_2_done, 3) == [(3, None)]
+    assert folds_to_train({"fold": 3}, 3) == []  # every fold done: only the joining into one checkpoint is left
