@@ -58,7 +58,7 @@ def main():
     pictures = ROOT / "docs" / "pictures"
     pictures.mkdir(parents=True, exist_ok=True)
     for source, scale in ((checkpoint.with_name(f"{checkpoint.stem}-augmentations.png"), 0.75), (curves, 0.8),
-                          (checkpoint.with_name(f"{checkpoint.stem}-metadata.png"), 0.8),
+                          (checkpoint.with_name(f"{checkpoint.stem}-metadata.png"), 1.0),
                           (report / "roc.png", 0.8), (report / "confusion_matrix.png", 0.8),
                           (report / "grad_cam.png", 1.0)):
         shrink(source, pictures / source.name.replace(f"{checkpoint.stem}-", ""), scale)
