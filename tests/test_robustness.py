@@ -238,6 +238,37 @@ def test_a_finished_run_has_nothing_to_resume(trained_baseline):
     assert step.returncode == 2 and "finished" in step.stderr and "nothing to resume" in step.stderr
 
 
+def test_a_cross_validated_run_killed_in_its_second_fold_resumes_there(synthetic_data, tmp_path):
+    options = ["--data", synthetic_data, "--img-size", 32, "--epochs", 3, "--folds", 3, "--workers", 0, "--no-metadata"]
+    whole = run_script("train.py", *options, "--out", tmp_path / "whole.pt")
+    assert whole.returncode == 0, whole.stderr
+
+    interrupted = tmp_path / "interrupted.pt"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, options), "--out", interrupted],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output, fold = [], None
+    for line in process.stdout:
+        output.append(line)
+        fold = line.split()[1] if line.startswith("fold ") else fold
+        if fold == "2" and line.startswith("epoch   2/3"):  # fold 2's first epoch is saved by then
+            process.send_signal(signal.SIGTERM)
+            break
+    output += process.stdout.readlines()
+    assert process.wait(timeout=60) == 130, "".join(output)
+    fold_2 = tmp_path / "interrupted-fold2.pt"
+    assert f"continue with: python train.py --resume {fold_2}" in "".join(output)
+    assert not interrupted.exists()  # the folds are joined into one checkpoint only at the end
+
+    resumed = run_script("train.py", "--resume", fold_2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fold 1 of 3" not in resumed.stdout  # fold 1 is kept as it was
+    assert re.search(r"fold 2 of 3\n.*\nresuming .* after epoch [12] of 3", resumed.stdout), resumed.stdout
+    a, b = (torch.load(path, weights_only=True) for path in (tmp_path / "whole.pt", interrupted))
+    assert a["val_predictions"] == b["val_predictions"] and a["folds"] == b["folds"] == 3
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
 def test_a_cross_validated_run_resumes_in_the_fold_it_stopped_in():
     from helpers.resume import folds_to_train
     mid_fold_2 = {"fold": 2, "training_state": {}}  # a checkpoint saved during fold 2
