@@ -86,7 +86,7 @@ def read_labels(data_dir):
     for column in {"image_path", "cached_path"} & set(table.columns):
         for line, path in enumerate(table[column], start=2):
             if (isinstance(path, str) and ".." in path and not Path(path).is_absolute()
-                    and leads_outside(csv.parent / path, root)):
+                    and leads_outside(root / path, root)):
                 raise DataError(f"{csv}, line {line}: {column.replace('_', ' ')} {path} leads outside {root}; "
                                 "fix or remove the row")
     table["image_path"] = [str(csv.parent / path) for path in table["image_path"]]  # absolute stays absolute

@@ -30,10 +30,16 @@ class DataError(Exception):
 
 def save_atomically(path, write):
     """Call write(temporary path), then rename it to `path`. The rename is atomic, so a crash, Ctrl-C or
-    full disk leaves either the previous file or the new one, never half a file. Every output goes here."""
+    full disk leaves either the previous file or the new one, never half a file; a write that fails (or is
+    interrupted) leaves no temporary file behind either. Every output goes here."""
     tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C too
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_image(image, path):

@@ -5,7 +5,6 @@ which ONNX Runtime runs from Python, C++, C#, Java or JavaScript without PyTorch
 of strings) carry what a user needs to feed the graph. Needs the onnx and onnxruntime packages, an extra:
   python -m pip install -r requirements-onnx.txt
 """
-import os
 import warnings
 
 import torch
@@ -52,11 +51,7 @@ def export_onnx(network, inputs, props, path, tolerance=1e-4):
         onnx.save(graph, tmp)
         check(tmp, network, inputs, tolerance)
 
-    try:
-        save_atomically(path, write)
-    finally:
-        if os.path.exists(f"{path}.tmp"):  # a failed check keeps nothing
-            os.remove(f"{path}.tmp")
+    save_atomically(path, write)  # a failed check keeps nothing
 
 
 def check(path, network, inputs, tolerance):

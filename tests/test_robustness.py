@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 import prepare_data
 from conftest import make_image, ROOT, run_main, run_script
-from helpers.files import DataError
+from helpers.files import DataError, save_atomically
 from helpers.images import inspect_image, load_image
 from model import BaselineCNN, build_model, load_checkpoint, save_checkpoint
 
@@ -279,3 +280,16 @@ def test_a_cross_validated_run_resumes_in_the_fold_it_stopped_in():
     assert folds_to_train(mid_fold_2, 3) == [(2, mid_fold_2), (3, None)]
     assert folds_to_train(fold_2_done, 3) == [(3, None)]
     assert folds_to_train({"fold": 3}, 3) == []  # every fold done: only the joining into one checkpoint is left
+
+
+def test_a_write_that_fails_keeps_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("the previous file")
+
+    def half_then_fail(tmp):
+        Path(tmp).write_text("half a fi")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_atomically(path, half_then_fail)
+    assert path.read_text() == "the previous file" and sorted(tmp_path.iterdir()) == [path]
