@@ -1,10 +1,10 @@
 """How firmly the late fusion's metadata weights are held at zero: chosen on the development lesions.
 
-model.py's LateFusion learns its metadata weights on every labelled image of the budget (340 train and val
-images), each weight pulled towards 0 with a strength (model.FUSION_STRENGTH). This refits the fusion of
-models that benchmarks/quality.py has trained and scored, at several strengths, and scores each on the
-HAM10000 development pool, from the image-alone probabilities that evaluate.py wrote beside the fused
-ones: nothing is trained or scored again.
+chapters/metadata.py's LateFusion learns its metadata weights on every labelled image of the budget (340
+train and val images), each weight pulled towards 0 with a strength (FUSION_STRENGTH). This refits the
+fusion of models that benchmarks/quality.py has trained and scored, at several strengths, and scores each
+on the HAM10000 development pool, from the image-alone probabilities that evaluate.py wrote beside the
+fused ones: nothing is trained or scored again.
 
 Usage (seconds, after `python benchmarks/quality.py --recipes budget-lite0 budget-lite0-folds5-fixed`):
   python benchmarks/fusion_strength.py --recipes budget-lite0 budget-lite0-folds5-fixed
@@ -18,9 +18,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from chapters.metadata import FUSION_STRENGTH, fit_late_fusion, fused_probabilities  # noqa: E402
+from chapters.metrics import roc_auc  # noqa: E402
 from dataset import read_labels  # noqa: E402
-from model import FUSION_STRENGTH, fit_late_fusion, fused_probabilities, read_checkpoint  # noqa: E402
-from train import roc_auc  # noqa: E402
+from model import read_checkpoint  # noqa: E402
 
 STRENGTHS = (0.1, 0.3, 1, 3, 10, 30, 100, 1e6)  # 1e6: the metadata held at zero, the image model alone
 

@@ -1,26 +1,26 @@
 """The metadata inside the network: a small branch on age, sex and body site, trained end to end.
 
-The project weighs the metadata by late fusion (model.py's LateFusion: a logistic regression on the image
-model's held-out log-odds plus the standardised metadata). This benchmark measures the other design under
-the same budget (benchmarks/quality.py's "budget" set-up: 400 HAM10000 images, split 280/60/60):
+The project weighs the metadata by late fusion (chapters/metadata.py's LateFusion: a logistic regression on
+the image model's held-out log-odds plus the standardised metadata). This benchmark measures the other
+design under the same budget (benchmarks/quality.py's "budget" set-up: 400 HAM10000 images, split 280/60/60):
 
   image    -> EfficientNet-Lite0 (pretrained, head removed, its dropout 0.2) -> 1280 features --+
                                                                                                 +-> Linear(1312, 2)
   metadata -> Linear(F, 32) -> BatchNorm1d -> ReLU -> Dropout(0.3)           ->   32 features --+
 
-The metadata vector: dataset.metadata_features, each feature standardised with its mean and standard
-deviation over the train and val images (as model.fit_late_fusion does), a missing value set to 0 (the
-average), then one 0/1 "missing" indicator per field (age, sex, site), so that the network can tell missing
-from average. During training each field of each image is hidden (0, indicator 1) with probability 0.2:
-ISIC UDA has no site at all and half its ages missing, and a network that always saw every field would not
-know what to make of their absence.
+The metadata vector: chapters.metadata.metadata_features, each feature standardised with its mean and
+standard deviation over the train and val images (as chapters.metadata.fit_late_fusion does), a missing
+value set to 0 (the average), then one 0/1 "missing" indicator per field (age, sex, site), so that the
+network can tell missing from average. During training each field of each image is hidden (0, indicator 1)
+with probability 0.2: ISIC UDA has no site at all and half its ages missing, and a network that always saw
+every field would not know what to make of their absence.
 
 Training is train.py's default for the pretrained model: Adam, lr 3e-4, weight decay 1e-4, batch 32, a cosine
 schedule stepped every batch over 15 epochs, 128 px, cross-entropy, the epoch with the best validation AUC
 (8 views each) kept, stopping after 5 epochs without gain. The threshold is the one with the best balanced
-accuracy on the validation predictions (evaluate.choose_threshold). Each seed's model is scored with its 8
-views (the mean probability; the metadata the same for every view) on the HAM10000 development and test
-pools and ISIC UDA: AUC, and balanced accuracy at that threshold.
+accuracy on the validation predictions (chapters.metrics.choose_threshold). Each seed's model is scored with
+its 8 views (the mean probability; the metadata the same for every view) on the HAM10000 development and
+test pools and ISIC UDA: AUC, and balanced accuracy at that threshold.
 
 The data is quality.py's (benchmarks/out/quality: budget-<seed>, ham-dev, ham-test, uda); this script never
 prepares any. A seed whose folder quality.py has not written yet is waited for (up to an hour).
@@ -49,12 +49,11 @@ from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dataset import CustomDataset, EpochSampler, build_transforms, metadata_encoding, metadata_features  # noqa: E402
-from dataset import read_labels, read_split  # noqa: E402
-from evaluate import choose_threshold, threshold_metrics  # noqa: E402
+from chapters.metadata import metadata_encoding, metadata_features, nan_std, standardise  # noqa: E402
+from chapters.metrics import choose_threshold, roc_auc, summarise, threshold_metrics  # noqa: E402
+from dataset import CustomDataset, EpochSampler, build_transforms, read_labels, read_split  # noqa: E402
 from helpers.files import Progress  # noqa: E402
-from model import build_model, nan_std, normalisation, standardise  # noqa: E402
-from train import dihedral_views, roc_auc, summarise  # noqa: E402
+from model import build_model, dihedral_views, normalisation  # noqa: E402
 
 QUALITY = ROOT / "benchmarks" / "out" / "quality"  # written by benchmarks/quality.py
 TEST_SETS = {"dev": QUALITY / "ham-dev", "test": QUALITY / "ham-test", "UDA": QUALITY / "uda"}
@@ -62,7 +61,7 @@ MODEL, IMG_SIZE, EPOCHS, BATCH_SIZE = "efficientnet_lite0", 128, 15, 32  # train
 LR, WEIGHT_DECAY, PATIENCE = 3e-4, 1e-4, 5
 BRANCH_WIDTH, BRANCH_DROPOUT, FIELD_DROPOUT = 32, 0.3, 0.2
 WAIT_SECONDS, WAIT_LIMIT = 60, 60 * 60  # polling for a budget folder that quality.py is still preparing
-CPU_CHUNK = 16  # images per forward pass when scoring on a CPU, as train.predict does (docs/SPEED.md)
+CPU_CHUNK = 16  # images per forward pass when scoring on a CPU, as model.predict does (docs/SPEED.md)
 
 
 # --- The metadata, as the network's input ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Check evaluate.py's hand-written ROC AUC and pAUC against scikit-learn and the ISIC 2024 formula.
+"""Check chapters/metrics.py's hand-written ROC AUC and pAUC against scikit-learn and the ISIC 2024 formula.
 
 scikit-learn is not a dependency of the project; install it just for this check:
   python -m pip install scikit-learn && python benchmarks/metrics_vs_sklearn.py
@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluate import partial_auc  # noqa: E402
-from train import roc_auc  # noqa: E402
+from chapters.metrics import partial_auc, roc_auc  # noqa: E402
 
 try:
     import numpy as np

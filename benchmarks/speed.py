@@ -8,7 +8,8 @@ For each model and image size it measures, in this process and on the same image
          (float32, default memory layout, DataLoader defaults), once on the same resized copies
          ("train") and once on the originals ("epoch": what a reference epoch really costs).
          Both apply the same augmentations (dataset.py's), so the ratios measure the engineering alone;
-  eval   scoring without gradients: train.py's predict(), which evaluate.py uses too against a torch.no_grad() loop;
+  eval   scoring without gradients: model.py's predict(), which train.py and evaluate.py use, against a
+         torch.no_grad() loop;
   memory the process's peak resident memory while training (worker processes not included), or the
          GPU's peak allocation on CUDA.
 Before that, what the parts cost apart: bfloat16 and float32 matrix products, a 6000x4000 JPEG decoded
@@ -61,15 +62,17 @@ from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dataset import (CustomDataset, build_loaders, build_transforms, loader_options, read_labels,  # noqa: E402
-                     read_split, worker_count)
+from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count  # noqa: E402
+from chapters.metadata import fused_probabilities  # noqa: E402
+from chapters.metrics import roc_auc  # noqa: E402
+from chapters.onnx_export import Network, example_images, export_onnx, import_onnx  # noqa: E402
+from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, loader_options,  # noqa: E402
+                     read_labels, read_split)
+from evaluate import Models  # noqa: E402
 from helpers.images import load_image  # noqa: E402
 from helpers.synthetic import draw_lesion, isic_2024_metadata  # noqa: E402
-from evaluate import evaluation_transform, example_images  # noqa: E402
-from helpers.onnx_export import export_onnx, import_onnx  # noqa: E402
-from model import (Scorer, autocast, build_model, choose_precision, fused_probabilities, load_checkpoint,  # noqa: E402
-                   normalisation, pick_device)
-from train import dihedral_views, predict, roc_auc, train_one_epoch  # noqa: E402
+from model import build_model, dihedral_views, load_checkpoint, normalisation, predict  # noqa: E402
+from train import Run, train_one_epoch  # noqa: E402
 
 
 # --- The reference: the transfer-learning tutorial's way -----------------------------------------------
@@ -208,16 +211,20 @@ def machine_figures(data, models, sizes, batch_size, work, device):
 
 
 def measure_ours(name, train_set, eval_set, make_loader, images, device, precision):
-    """Training as train.py runs it, and train.py's predict(), which evaluate.py uses too."""
+    """Training as train.py runs it, and model.py's predict(), which train.py and evaluate.py use."""
     torch.manual_seed(0)
     model = build_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loader, eval_loader = make_loader(train_set), make_loader(eval_set)
+    # train.py's Run for one process: the whole model learns, unwrapped; nothing is validated here.
+    training = Run(model, model, model, loader, eval_loader, [], nn.CrossEntropyLoss(), optimizer, scheduler,
+                   scaler)
+    hardware = Hardware(device, precision)
 
     def train():
-        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, scaler, precision, device)
+        train_one_epoch(training, hardware)
 
     train()  # warm-up: workers start, kernels are chosen
     speed, memory = timed(train, images, device)
@@ -243,7 +250,10 @@ def epoch_split(name, size, data, batch_size, workers, device, precision):
     per image of each part, from a second epoch (the first starts workers and chooses kernels)."""
     torch.manual_seed(0)
     mean, std = normalisation(name)
-    train_loader, val_loader = build_loaders(data, size, batch_size, mean, std, workers=workers)
+    train_set = CustomDataset(read_split(data, "train"), build_transforms(size, True, mean, std))
+    val_set = CustomDataset(read_split(data, "val"), build_transforms(size, False, mean, std))
+    sampler = EpochSampler(train_set.labels, seed=0)  # every image once, shuffled, as train.py's default
+    train_loader, val_loader = build_loaders(train_set, val_set, sampler, batch_size, workers)
     model = build_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     for epoch in (1, 2):
@@ -434,9 +444,10 @@ CROPS = 500_000  # about as many as ISIC 2024's hidden test set
 
 
 class RuntimeModel:
-    """A network that gives P(malignant) (model.Scorer), exported and run by ONNX Runtime, called as the
-    PyTorch classifier it stands for, so that train.predict runs it as it runs PyTorch's: a batch of images
-    in, two log-probabilities per image out (benign, malignant). `example`: a batch to trace and check on."""
+    """A network that gives P(malignant) (chapters.onnx_export.Network), exported and run by ONNX Runtime,
+    called as the PyTorch classifier it stands for, so that model.predict runs it as it runs PyTorch's: a batch
+    of images in, two log-probabilities per image out (benign, malignant). `example`: a batch to trace and
+    check on."""
 
     def __init__(self, network, example):
         _, onnxruntime = import_onnx()
@@ -468,7 +479,7 @@ def predictors(model, info, loader):
             rate, _ = timed(lambda: model(sample), 16, cpu, rounds=1)
         print(f"PyTorch bfloat16 autocast: left out, this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
               f"emulated, the model alone runs {rate:.1f} images/s")
-    runtime = RuntimeModel(Scorer(model), example_images(info))
+    runtime = RuntimeModel(Network(model), example_images(loader.dataset.transform, info["img_size"]))
     found["ONNX Runtime float32"] = lambda tta: predict(runtime, loader, cpu, tta)
     return found
 
@@ -478,7 +489,8 @@ def prediction_figures(checkpoint, data, images):
     table = read_split(data, "test")
     table = table.sample(n=images, random_state=0) if images else table  # a random few: both classes
     model, info = load_checkpoint(checkpoint)
-    loader = DataLoader(CustomDataset(table, evaluation_transform(info)), 64,
+    transform = Models([(model, info)], torch.device("cpu")).transform()  # evaluate.py's, for this checkpoint
+    loader = DataLoader(CustomDataset(table, transform), 64,
                         **loader_options(worker_count(None, torch.device("cpu"))))
     found = predictors(model, info, loader)
     rows = []

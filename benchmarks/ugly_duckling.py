@@ -1,15 +1,15 @@
 """What the "ugly duckling" features add, on tables made for the purpose (no images, seconds on a CPU).
 
 ISIC 2024 photographs every lesion of a patient, and its top solutions found it decisive to compare each
-lesion with the patient's others (dataset.py: a measurement "vs patient", in the patient's standard
-deviations from the patient's mean). No ISIC 2024 data is here, so this measures on tables of its own
-making, each lesion with a size in mm, in two worlds:
+lesion with the patient's others (chapters/isic2024.py: a measurement "vs patient", in the patient's
+standard deviations from the patient's mean). No ISIC 2024 data is here, so this measures on tables of its
+own making, each lesion with a size in mm, in two worlds:
   ugly duckling  every patient has moles of a size of their own (2 to 10 mm), and a malignant lesion is
                  3 mm larger than that patient's moles: large in millimetres only for its patient;
   plain size     malignant lesions are 3 mm larger than benign ones, whoever the patient (the relative
                  feature adds nothing here: a check that it costs nothing either).
-The late fusion (model.py) is fitted on 300 patients' lesions, with an image model that knows nothing
-(P = 0.5 for every image), with and without the patient column, and scored on 300 other patients'.
+The late fusion (chapters/metadata.py) is fitted on 300 patients' lesions, with an image model that knows
+nothing (P = 0.5 for every image), with and without the patient column, and scored on 300 other patients'.
 
 Usage:
   python benchmarks/ugly_duckling.py
@@ -24,8 +24,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from model import fit_late_fusion, fused_probabilities  # noqa: E402
-from train import roc_auc  # noqa: E402
+from chapters.metadata import fit_late_fusion, fused_probabilities  # noqa: E402
+from chapters.metrics import roc_auc  # noqa: E402
 
 
 def lesions(world, patients, seed, per_patient=8, malignant_share=0.15):

@@ -1,8 +1,7 @@
-"""Code that a first reading of the five scripts can skip.
+"""The engine room: plumbing that no reading of the lesson needs (the chapters are in chapters/).
 
-The steps (prepare_data.py -> dataset.py -> model.py -> train.py -> evaluate.py) import what they need
-from here: talking to the ISIC Archive, drawing synthetic lesions, opening image files safely (and images
-inside HDF5 files), writing files atomically, progress lines, charts, Grad-CAM pictures, the ONNX export,
-and the plumbing for resuming a run and for training in several processes. Nothing here imports any of
-the five scripts.
+Talking to the ISIC Archive, drawing synthetic lesions, opening image files safely (and images inside
+HDF5 files), reading metadata CSVs, writing files atomically, progress lines, the charts, and the
+plumbing for resuming a run and for training in several processes. Nothing here imports the five
+scripts or the chapters.
 """

@@ -2,7 +2,8 @@
 
 - load_image: any image file as 8-bit RGB, upright, or a DataError naming the file;
 - inspect_image: whether a file decodes, its sha1 and its size, without a full decode;
-- add_resized_copies: a small copy of every large image, decoded once instead of every epoch.
+- add_resized_copies: a small copy of every large image, decoded once instead of every epoch;
+- find_images: where each id's image file is, among a layout's folders.
 Each takes a file path or the address of an image inside an HDF5 file, 'FILE.hdf5::KEY' (helpers/hdf5.py).
 """
 import hashlib
@@ -15,6 +16,24 @@ from PIL import Image, ImageOps
 
 from helpers import hdf5
 from helpers.files import DataError, in_threads, save_atomically
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def find_images(folders, image_ids):
+    """For each id, the first existing <folder>/<id>.<suffix>, or the first candidate if none exists."""
+    # isic-cli has named its downloads <isic_id>.JPG, which a case-sensitive file system tells apart from .jpg.
+    suffixes = (".jpg", ".png", ".jpeg", ".JPG", ".tif", ".tiff")
+    # Each folder is listed once, and every id looked up in that list: hundreds of thousands of ids
+    # would otherwise cost millions of file-system calls.
+    listed = [(str(folder), set(os.listdir(folder)) if folder.is_dir() else set()) for folder in folders]
+    paths = []
+    for image_id in image_ids:
+        names = [f"{image_id}{suffix}" for suffix in suffixes]
+        found = next((os.path.join(folder, name) for folder, listing in listed for name in names if name in listing),
+                     None)
+        paths.append(found or os.path.join(listed[0][0], names[0]))
+    return paths
 
 
 def read_bytes(path):

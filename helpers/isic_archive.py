@@ -288,3 +288,14 @@ def download_isic_archive(folder, api, query, max_images, balanced, size):
     return folder
 
 
+def add_options(parser):
+    """prepare_data.py's options for the download: the search, the size of the files, the API's address."""
+    parser.add_argument("--query", default=ISIC_QUERY,
+                        help="isic-archive: the search, in the archive's syntax (default: dermoscopic images "
+                             "diagnosed benign or malignant). FIELD:VALUE terms joined by upper-case AND / OR; "
+                             "values are case-sensitive (diagnosis_1:Benign); the diagnosis is in diagnosis_1 "
+                             "(Benign, Malignant, Indeterminate) to diagnosis_5; benign_malignant exists only in "
+                             "old exports and cannot be searched. Results come oldest first")
+    parser.add_argument("--isic-size", choices=ISIC_FILES, default="thumbnail",
+                        help="isic-archive: 'thumbnail' (256 px, the default) or 'full' (the original files)")
+    parser.add_argument("--isic-api", default=ISIC_API, help=f"isic-archive: the API's address (default: {ISIC_API})")

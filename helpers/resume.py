@@ -8,6 +8,8 @@ random state, which is not saved).
 import argparse
 import random
 import signal
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
 
@@ -43,10 +45,10 @@ def folds_to_train(interrupted, folds):
     return [(fold, interrupted if mid_fold and fold == first else None) for fold in range(first, folds + 1)]
 
 
-def training_state(weights, optimizer, scheduler, generator, history, best):
-    """What a resumed run needs to carry on after this epoch, as the checkpoint holds it."""
-    return {"model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "random": random_state(generator), "history": history,
+def training_state(weights, run, history, best):
+    """What a resumed run needs to carry on after this epoch, as the checkpoint holds it (run: train.py's Run)."""
+    return {"model": weights, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "random": random_state(run.train_loader.generator), "history": history,
             "best": {key: value for key, value in best.items() if key != "weights"}}
 
 
@@ -56,16 +58,16 @@ def random_state(generator):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def restore(interrupted, model, optimizer, scheduler, generator):
-    """Put the saved training state back (weights, optimizer, schedule, random numbers); returns the best
-    epoch so far and the history of the epochs done."""
+def restore(interrupted, run):
+    """Put the saved training state back into train.py's Run (weights, optimizer, schedule, random numbers);
+    returns the best epoch so far and the history of the epochs done."""
     state = interrupted["training_state"]
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["random"]["torch"])
     random.setstate(state["random"]["python"])
-    generator.set_state(state["random"]["loader"])
+    run.train_loader.generator.set_state(state["random"]["loader"])
     if state["random"]["cuda"]:
         torch.cuda.set_rng_state_all(state["random"]["cuda"])
     run = interrupted["args"]
@@ -78,6 +80,17 @@ def stop_on_sigterm():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
+
+
+@contextmanager
+def on_interrupt(out, fold, saved_epoch=0):
+    """Around the epoch loop: Ctrl-C or SIGTERM ends the run with what was saved and how to carry on.
+    The loop sets `.epoch` of what this yields each time it saves an epoch."""
+    saved = SimpleNamespace(epoch=saved_epoch)
+    try:
+        yield saved
+    except KeyboardInterrupt:
+        say_how_to_resume(saved.epoch, out, fold)
 
 
 def say_how_to_resume(saved_epoch, out, fold=None):

@@ -9,8 +9,7 @@ from torch.utils.data import DataLoader
 
 from conftest import ROOT, run_script
 from dataset import CustomDataset, build_transforms, read_split
-from model import load_checkpoint
-from train import predict
+from model import load_checkpoint, predict
 
 
 def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_data, tmp_path):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import evaluate
 import train
 from conftest import run_main
-from train import dihedral_views, predict
+from model import dihedral_views, predict
 
 
 def test_dihedral_views_are_the_eight_rotations_and_mirrors():

@@ -14,9 +14,11 @@ import torch
 
 import evaluate
 from conftest import ROOT, make_isic_2024, prepare_and_train, run_main
-from dataset import CustomDataset, metadata_features
+from chapters.metadata import metadata_features
+from chapters.onnx_export import export_onnx
+from chapters.unlabelled import prediction_table
+from dataset import CustomDataset, build_transforms
 from helpers.images import read_bytes
-from helpers.onnx_export import export_onnx
 from model import load_checkpoint
 
 
@@ -67,8 +69,9 @@ def test_fold_ensemble_with_metadata_matches_predict(tmp_path, monkeypatch):
     expected = predict_no_tta(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
 
     _, info = load_checkpoint(checkpoint)
-    table = evaluate.prediction_table(root / "test-metadata.csv")
-    images = torch.stack([image for image, _ in CustomDataset(table, evaluate.evaluation_transform(info))])
+    table = prediction_table(root / "test-metadata.csv")
+    transform = build_transforms(info["img_size"], train=False, mean=info["mean"], std=info["std"])
+    images = torch.stack([image for image, _ in CustomDataset(table, transform)])
     session = onnxruntime.InferenceSession(tmp_path / "folds.onnx")
     props = session.get_modelmeta().custom_metadata_map
     assert props["metadata_features"] == str(info["fusion"]["features"]).replace("'", '"')

@@ -11,8 +11,10 @@ import evaluate
 import prepare_data
 import train
 from conftest import make_image, run_main
-from dataset import metadata_encoding, metadata_features, read_split
-from model import LateFusion, fit_late_fusion, load_checkpoint, logistic_regression
+from chapters.metadata import (LateFusion, evidence_columns, fit_late_fusion, fused_probabilities, logistic_regression,
+                               metadata_encoding, metadata_features)
+from dataset import read_split
+from model import load_checkpoint
 
 
 def prepare(monkeypatch, source, out, *extra):
@@ -70,7 +72,7 @@ def test_isic_2024_measurements_are_evidence_and_its_leaks_are_not(tmp_path, mon
                      "tbp_lv_dnn_lesion_confidence": 99.0 * (i % 2), "iddx_full": "Benign", "mel_thick_mm": 0.4})
     pd.DataFrame(rows).to_csv(tmp_path / "2024" / "train-metadata.csv", index=False)
     table = prepare(monkeypatch, tmp_path / "2024", tmp_path / "out", "--test-only")
-    assert prepare_data.evidence_columns(table) == ["age", "sex", "site", "clin_size_long_diam_mm", "tbp_lv_areaMM2"]
+    assert evidence_columns(table) == ["age", "sex", "site", "clin_size_long_diam_mm", "tbp_lv_areaMM2"]
     assert table["age"].isna().all() and table["tbp_lv_areaMM2"].tolist() == [2.5 * i for i in range(12)]
 
 
@@ -220,8 +222,8 @@ def test_data_without_metadata_still_scores_with_a_note(trained_baseline, tmp_pa
     assert "note: this data has no age, sex, site; the models score it from the images" in capsys.readouterr().out
     predictions = pd.read_csv(tmp_path / "r" / "predictions.csv")
     fusion = load_checkpoint(checkpoint)[1]["fusion"]
-    unknown = evaluate.fused_probabilities(fusion, predictions["probability_image_alone"].tolist(),
-                                           pd.DataFrame(index=range(20)))
+    unknown = fused_probabilities(fusion, predictions["probability_image_alone"].tolist(),
+                                  pd.DataFrame(index=range(20)))
     assert predictions["probability_malignant"].tolist() == pytest.approx(unknown, abs=1e-6)
 
 

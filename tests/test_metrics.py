@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluate import (all_metrics, choose_threshold, confusion_matrix, partial_auc, threshold_metrics,
-                      without_nan, write_report)
-from train import roc_auc, roc_curve
+from chapters.metrics import (all_metrics, choose_threshold, confusion_matrix, partial_auc, roc_auc, roc_curve,
+                              threshold_metrics)
+from evaluate import without_nan, write_report
 
 # Example A: benign scores 0.1, 0.4; malignant scores 0.35, 0.8.
 LABELS_A = [0, 0, 1, 1]

@@ -45,7 +45,7 @@ def test_pretrained_offline_without_a_cached_file_says_what_to_do(tmp_path, monk
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(RuntimeError, match=r"could not download .* resnet18.*copy that file into .*hub.checkpoints"):
+    with pytest.raises(ValueError, match=r"could not download .* resnet18.*copy that file into .*hub.checkpoints"):
         build_model("resnet", pretrained=True)
 
 

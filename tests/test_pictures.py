@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+import chapters.grad_cam
+from chapters.grad_cam import grad_cam
 from dataset import CustomDataset, build_transforms, read_split
 from helpers.charts import draw_augmentation_grid
-import helpers.grad_cam
-from helpers.grad_cam import grad_cam
 from model import IMAGENET_MEAN, IMAGENET_STD, BaselineCNN
 
 
@@ -104,7 +104,7 @@ def test_the_gallery_maps_the_evidence_for_the_class_each_image_was_called(tmp_p
         asked[round(image[0, 0, 0].item())] = towards
         return torch.zeros(image.shape[-2:])
 
-    monkeypatch.setattr(helpers.grad_cam, "grad_cam", recording_grad_cam)
+    monkeypatch.setattr(chapters.grad_cam, "grad_cam", recording_grad_cam)
 
     class Images:  # image i is filled with the value i, so that the recorder knows which it was given
         table = pd.DataFrame({"isic_id": [f"i{i}" for i in range(4)]})
@@ -113,7 +113,7 @@ def test_the_gallery_maps_the_evidence_for_the_class_each_image_was_called(tmp_p
             return torch.full((3, 16, 16), float(index)), 0
 
     labels, probabilities = [1, 1, 0, 0], [0.9, 0.1, 0.8, 0.2]  # a hit, a miss, a false alarm, a benign
-    helpers.grad_cam.draw_grad_cam_gallery(None, Images(), probabilities, labels, 0.5, tmp_path / "g.png", "cpu",
+    chapters.grad_cam.draw_grad_cam_gallery(None, Images(), probabilities, labels, 0.5, tmp_path / "g.png", "cpu",
                                            (0, 0, 0), (1, 1, 1))
     assert asked == {0: 1, 1: 0, 2: 1}  # true positive, false negative, false positive
     assert (tmp_path / "g.png").exists()

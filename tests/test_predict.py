@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 import evaluate
-import train
 from conftest import jpeg_bytes, make_image, make_isic_2024, prepare_and_train, run_main, write_hdf5
+from chapters.metadata import fused_probabilities
+from chapters.metrics import roc_auc
 from model import load_checkpoint
 
 
@@ -37,12 +38,12 @@ def test_the_test_metadata_is_used_when_it_carries_the_signal(tmp_path, monkeypa
     checkpoint = prepare_and_train(root, tmp_path, "sized", "--epochs", 1, "--folds", 3, monkeypatch=monkeypatch)
     truth = [i % 2 for i in range(20)]
     submission = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
-    assert train.roc_auc(truth, submission["target"].tolist()) == 1.0
+    assert roc_auc(truth, submission["target"].tolist()) == 1.0
     assert "clin_size_long_diam_mm (known for 20 of 20)" in capsys.readouterr().out
     pd.read_csv(root / "test-metadata.csv").assign(clin_size_long_diam_mm="").to_csv(
         root / "test-metadata.csv", index=False)
     blanked = predict(checkpoint, root / "test-metadata.csv", tmp_path / "out", monkeypatch)
-    assert train.roc_auc(truth, blanked["target"].tolist()) < 0.8
+    assert roc_auc(truth, blanked["target"].tolist()) < 0.8
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,8 @@ def test_a_folder_an_hdf5_file_and_a_csv_score_each_image_as_its_split_does(spli
     with_metadata = table.set_index("isic_id")["probability_malignant"]
     # A folder or an HDF5 file has no metadata: the same image model, the metadata unknown.
     fusion = load_checkpoint(checkpoint)[1]["fusion"]
-    unknown = pd.Series(evaluate.fused_probabilities(fusion, table["probability_image_alone"].tolist(),
-                                                     pd.DataFrame(index=table.index)), index=table["isic_id"])
+    unknown = pd.Series(fused_probabilities(fusion, table["probability_image_alone"].tolist(),
+                                            pd.DataFrame(index=table.index)), index=table["isic_id"])
     by_name = sorted(table["isic_id"])
     for path, order, extra, expected in (
             (tmp_path / "folder", by_name, (), unknown),
@@ -93,14 +94,14 @@ def test_a_folder_an_hdf5_file_and_a_csv_score_each_image_as_its_split_does(spli
 
 
 def test_the_whole_csv_row_reaches_score(split_predictions, tmp_path, monkeypatch):
-    # score() gets the metadata columns too (for a model that reads them), with a label it does not use.
+    # Models.score gets the metadata columns too (for a model that reads them), with a label it does not use.
     checkpoint, table = split_predictions
     write_hdf5(tmp_path / "test-image.hdf5", {row.isic_id: row.path.read_bytes() for row in table.itertuples()})
     table[["isic_id"]].assign(sex="male", clin_size_long_diam_mm="3.1").to_csv(tmp_path / "test-metadata.csv",
                                                                               index=False)
     seen = []
-    real_score = evaluate.score
-    monkeypatch.setattr(evaluate, "score", lambda members, t, *rest: seen.append(t) or real_score(members, t, *rest))
+    real_score = evaluate.Models.score
+    monkeypatch.setattr(evaluate.Models, "score", lambda models, t, *rest: seen.append(t) or real_score(models, t, *rest))
     predict(checkpoint, tmp_path / "test-metadata.csv", tmp_path / "out", monkeypatch)
     assert {"isic_id", "sex", "clin_size_long_diam_mm", "load_path", "label"} <= set(seen[0].columns)
     assert seen[0]["load_path"][0] == f"{tmp_path / 'test-image.hdf5'}::{table['isic_id'][0]}"

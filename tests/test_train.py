@@ -9,15 +9,18 @@ from torch.utils.data import DataLoader
 import evaluate
 import train
 from conftest import run_main
-from dataset import CustomDataset, build_transforms, cross_validation_folds, read_split
-from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint
+from chapters import imbalance
+from chapters.cross_validation import cross_validation_folds
+from chapters.metrics import all_metrics, choose_threshold, roc_auc
+from dataset import CustomDataset, build_transforms, read_split
+from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, predict
 
 
 def test_baseline_learns_the_synthetic_set(trained_baseline):
     checkpoint, data = trained_baseline
     member = load_checkpoint(checkpoint)
-    probabilities, labels = evaluate.score([member], read_split(data, "test"), 64, 0, torch.device("cpu"))
-    metrics = evaluate.all_metrics(labels, probabilities, evaluate.pick_threshold([member[1]], [checkpoint]))
+    probabilities, _, labels = evaluate.Models([member], torch.device("cpu")).score(read_split(data, "test"))
+    metrics = all_metrics(labels, probabilities, evaluate.pick_threshold([member[1]], [checkpoint]))
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)  # about 0.66
     assert metrics["auc"] > 0.8, metrics
     assert metrics["accuracy"] > majority + 0.08, (metrics, majority)
@@ -85,9 +88,9 @@ def test_early_stopping_keeps_the_best_epoch(synthetic_data, tmp_path, monkeypat
     weights_validated = []  # the model's weights as each epoch's validation saw them
     real_validate = train.validate
 
-    def scripted_validate(model, *args):
-        val = real_validate(model, *args)
-        weights_validated.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+    def scripted_validate(run, *args):
+        val = real_validate(run, *args)
+        weights_validated.append({name: tensor.detach().clone() for name, tensor in run.model.state_dict().items()})
         val["auc"] = val["score"] = scripted[len(weights_validated) - 1]
         return val
 
@@ -110,10 +113,10 @@ def test_patience_zero_trains_every_epoch_and_keeps_the_last(synthetic_data, tmp
     scripted = [0.90, 0.80, 0.70]  # the best epoch is the first: early stopping would keep it
     real_validate = train.validate
 
-    def scripted_validate(model, *args):
-        val = real_validate(model, *args)
+    def scripted_validate(run, *args):
+        val = real_validate(run, *args)
         val["auc"] = val["score"] = scripted[len(seen)]
-        seen.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        seen.append({name: tensor.detach().clone() for name, tensor in run.model.state_dict().items()})
         return val
 
     seen = []
@@ -129,20 +132,20 @@ def test_focal_loss_by_hand():
     # logits (0, ln 3): P(malignant) = 3 / 4. Cross-entropy for a malignant image: -ln(3/4) = 0.2877;
     # focal loss with gamma 2 scales it by (1 - 3/4)^2 = 1/16.
     logits, labels = torch.tensor([[0.0, math.log(3)]]), torch.tensor([1])
-    assert train.focal_loss(logits, labels).item() == pytest.approx(-math.log(0.75) / 16)
-    assert train.focal_loss(logits, labels, gamma=0).item() == pytest.approx(-math.log(0.75))
+    assert imbalance.focal_loss(logits, labels).item() == pytest.approx(-math.log(0.75) / 16)
+    assert imbalance.focal_loss(logits, labels, gamma=0).item() == pytest.approx(-math.log(0.75))
     # Weighted: like CrossEntropyLoss, a weighted mean over the batch.
     logits, labels = torch.tensor([[0.0, math.log(3)], [0.0, 0.0]]), torch.tensor([1, 0])
     weight = torch.tensor([1.0, 3.0])
     expected = (3 * -math.log(0.75) / 16 + 1 * -math.log(0.5) / 4) / 4
-    assert train.focal_loss(logits, labels, weight).item() == pytest.approx(expected)
-    assert train.focal_loss(logits, labels, weight, gamma=0).item() == pytest.approx(
+    assert imbalance.focal_loss(logits, labels, weight).item() == pytest.approx(expected)
+    assert imbalance.focal_loss(logits, labels, weight, gamma=0).item() == pytest.approx(
         torch.nn.CrossEntropyLoss(weight=weight)(logits, labels).item())
 
 
 def dihedral_probabilities(model, images):
     """P(malignant) averaged over the 8 symmetries of the square, built here from quarter turns and the
-    transpose (train.py builds them from quarter turns and a left-right flip: the same 8, another way)."""
+    transpose (model.py builds them from quarter turns and a left-right flip: the same 8, another way)."""
     views = [images.rot90(k, dims=(2, 3)) for k in range(4)]
     views += [view.transpose(2, 3) for view in views]
     with torch.no_grad():
@@ -153,13 +156,13 @@ def dihedral_probabilities(model, images):
 def test_recipe_options_are_used_and_recorded(synthetic_data, tmp_path, monkeypatch):
     # Every batch's loss goes through a spy on focal_loss, which sees the labels drawn and the class weights.
     calls = []
-    real_focal_loss = train.focal_loss
+    real_focal_loss = imbalance.focal_loss
 
     def counting_focal_loss(logits, labels, weight=None, gamma=2.0):
         calls.append((labels.tolist(), weight))
         return real_focal_loss(logits, labels, weight, gamma)
 
-    monkeypatch.setattr(train, "focal_loss", counting_focal_loss)
+    monkeypatch.setattr(imbalance, "focal_loss", counting_focal_loss)
     info = train_briefly(tmp_path, synthetic_data, monkeypatch, "recipe", "--loss", "focal", "--class-weights",
                          "--balanced-sampler", "--tta")
     training = read_split(synthetic_data, "train")
@@ -260,18 +263,19 @@ def test_cross_validation_saves_one_checkpoint_scored_out_of_fold(synthetic_data
     assert val["isic_id"] == sorted(pool["isic_id"])
     fold_of = dict(zip(pool["isic_id"], cross_validation_folds(pool, 3, seed=0)))
     pool = pool.set_index("isic_id").loc[val["isic_id"]].reset_index()
-    loader = DataLoader(CustomDataset(pool, evaluate.evaluation_transform(info)), batch_size=64)
-    by_member = [train.predict(member, loader, "cpu", tta=True)[0] for member in model.members]
+    transform = build_transforms(info["img_size"], train=False, mean=info["mean"], std=info["std"])
+    loader = DataLoader(CustomDataset(pool, transform), batch_size=64)
+    by_member = [predict(member, loader, "cpu", tta=True)[0] for member in model.members]
     for i, (image, probability) in enumerate(zip(val["isic_id"], val["image_probability"])):
         assert probability == pytest.approx(by_member[fold_of[image]][i], abs=1e-6)
     assert val["label"] == pool["label"].tolist()
-    assert info["val_metrics"]["auc"] == pytest.approx(train.roc_auc(val["label"], val["image_probability"]))
+    assert info["val_metrics"]["auc"] == pytest.approx(roc_auc(val["label"], val["image_probability"]))
     # The metadata's fusion is fitted on all of those out-of-fold predictions, and the threshold chosen on it.
     assert info["fusion"]["fitted_on"] == len(pool)
     # At test time, the mean of the three models' probabilities.
-    ensemble, _ = train.predict(model, loader, "cpu", tta=True)
+    ensemble, _ = predict(model, loader, "cpu", tta=True)
     assert ensemble == pytest.approx([sum(p) / 3 for p in zip(*by_member)], abs=1e-6)
-    assert evaluate.pick_threshold([info], [out]) == evaluate.choose_threshold(val["label"], val["probability"])
+    assert evaluate.pick_threshold([info], [out]) == choose_threshold(val["label"], val["probability"])
     # More folds than lesions of a class: every fold could not validate on both classes.
     assert run_main(train, "--data", synthetic_data, "--folds", 500, "--out", out, monkeypatch=monkeypatch) == 2
     assert "500 folds need both classes in every fold" in capsys.readouterr().err

@@ -1,0 +1,21 @@
+"""The chapters: what the five scripts reach for, one subject to a file, each read from top
+to bottom.
+
+A first reading takes the five scripts (prepare_data.py -> dataset.py -> model.py -> train.py ->
+evaluate.py) and the metrics they share (metrics.py). A second reading takes the rest, each as the
+next chapter, in the order the data meets them:
+  metrics.py           every metric by hand: ROC, AUC, pAUC, the confusion matrix, the threshold
+  imbalance.py         rare malignant lesions: sampling, class weights, focal loss
+  linear_probe.py      train.py --freeze-backbone: a pretrained network's features and one new layer
+  cross_validation.py  train.py --folds K: every labelled image validates once; K models as one
+  metadata.py          age, sex and site weighed beside the image: a logistic regression by hand
+  isic2024.py          the Kaggle challenge's layout, HDF5 images and lesion measurements
+  hardware.py          the device, the precision and the loader processes
+  grad_cam.py          where a model looked
+  unlabelled.py        evaluate.py --predict and --image: scoring images that have no label
+  onnx_export.py       evaluate.py --export: the model as one ONNX file, for use without
+                       this project
+The plumbing nobody needs to read (atomic writes, progress lines, image decoding, HDF5 reads, the
+ISIC Archive download, resuming, torchrun, the charts) is in helpers/. Chapters import from helpers/
+and from the steps before the one that calls them, never from a later one.
+"""

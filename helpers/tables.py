@@ -1,0 +1,33 @@
+"""Reading a metadata CSV safely; a first reading can skip it.
+
+- read_metadata: a metadata CSV, every column as text, or a DataError saying what is wrong with the file;
+- refuse_paths_outside: a DataError for an id that would lead outside the data folder ('../../etc/passwd').
+"""
+import os
+
+import pandas as pd
+
+from helpers.files import DataError, leads_outside
+
+
+def refuse_paths_outside(table, csv):
+    """An id such as '../../etc/passwd' in a CSV must not become a path outside the data folder."""
+    root = os.path.normpath(csv.parent)
+    for isic_id, path in zip(table["isic_id"], table["image_path"]):
+        plain_name = not any(part in str(isic_id) for part in ("/", "\\", ".."))  # the cheap test first
+        if not plain_name and leads_outside(path, root):
+            raise DataError(f"{csv}: image id {isic_id!r} leads outside {root}; fix or remove that row")
+    return table
+
+
+def read_metadata(csv):
+    """A metadata CSV as text, every column as it is (dtype=str: no guessing, no mixed-type warnings)."""
+    try:
+        meta = pd.read_csv(csv, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv} is empty; export the metadata again, with its header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{csv} is not a readable CSV ({error}); export it again as comma-separated UTF-8") \
+            from None
+    meta.columns = meta.columns.str.strip()
+    return meta
