@@ -228,6 +228,11 @@ def parse_arguments():
                             "a metadata CSV, an HDF5 file or a folder of images (see above)")
     given.add_argument("--export", default=None, metavar="FILE.onnx",
                        help="write the model as one ONNX graph, for ONNX Runtime (see above)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="with --predict: score the images that can be read, leave the others "
+                             "out of submission.csv and list them in OUT/unreadable.csv (by "
+                             "default any unreadable image stops the run, as a submission needs "
+                             "every row)")
     parser.add_argument("--no-tta", action="store_true",
                         help="score each image once, not as the mean of its 8 rotated and mirrored "
                              "views the checkpoint was validated with: 8 times faster, as the ONNX "
@@ -253,7 +258,10 @@ def parse_arguments():
     parser.add_argument("--workers", type=number(int, 0), default=None,
                         help="DataLoader worker processes (default: as train.py chooses them)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.skip_unreadable and not args.predict:
+        parser.error("--skip-unreadable goes with --predict")
+    return args
 
 
 def main():
@@ -269,7 +277,7 @@ def main():
             return unlabelled.classify_image(args.image, models, threshold, out, args.age, args.sex,
                                              args.site)
         if args.predict:  # images without labels: OUT/submission.csv
-            return unlabelled.write_submission(args.predict, models, out)
+            return unlabelled.write_submission(args.predict, models, out, args.skip_unreadable)
         report(args, models, threshold, out)
     except (DataError, ValueError) as error:
         stop(error)

@@ -39,12 +39,12 @@ from pathlib import Path
 import pandas as pd
 
 from chapters import isic2024, metadata
+from helpers import isic_archive
 from helpers.files import (DataError, Parser, in_threads, number, report_skipped,
                            save_atomically, stop)
-from helpers.tables import read_metadata, refuse_paths_outside
 from helpers.images import IMAGE_SUFFIXES, add_resized_copies, find_images, inspect_image
-from helpers import isic_archive
 from helpers.synthetic import make_synthetic
+from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
 
 # HAM10000's seven diagnoses. Actinic keratosis / intra-epithelial carcinoma (akiec) is neither
 # cleanly benign nor malignant, so it is left out rather than forced into a class.
@@ -130,9 +130,9 @@ def read_source(source):
 
 # --- Cleaning: drop what cannot be used, and say so -----------------------------------------------
 
-def drop_unusable(table):
+def drop_unusable(table, out):
     """Keep rows with a benign/malignant label and an image that decodes; add `sha1` and
-    `shorter_side`."""
+    `shorter_side`. The images left out are listed, where and why, in OUT/unreadable.csv."""
     unlabelled = table["label"].isna()
     excluded = table.loc[unlabelled, "diagnosis"].fillna("(empty)").value_counts()
     for diagnosis, count in excluded.items():
@@ -158,7 +158,12 @@ def drop_unusable(table):
     report_skipped("image file unreadable",
                    [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
                                                    reasons[unreadable])])
-    table = table[reasons.isna()]
+    skipped = reasons.notna()
+    write_unreadable(out / "unreadable.csv", table.loc[skipped, "isic_id"],
+                     table.loc[skipped, "image_path"], reasons[skipped])
+    if skipped.any():
+        print(f"the {skipped.sum()} images left out are listed in {out / 'unreadable.csv'}")
+    table = table[~skipped]
     refuse_label_conflicts(table)
     if table.empty:
         raise DataError("no usable rows remain: every row lacked a benign/malignant label or a "
@@ -318,7 +323,7 @@ def main():
     out = Path(args.out)
     try:
         table = read_images_and_labels(args, out)    # every layout in the same columns
-        table = drop_unusable(table)                 # no label or unreadable image: left out, named
+        table = drop_unusable(table, out)            # no label or unreadable image: left out, named
         table["group"] = assign_groups(table)        # rows of one lesion, patient or file, together
         if args.max_images:
             table = subsample(table, args.max_images, args.balanced, args.seed)

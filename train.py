@@ -299,7 +299,9 @@ def parse_arguments():
              "(default: on, but for a probe)")
     add("--loss", choices=("cross-entropy", "focal"), default="cross-entropy",
         help="focal: cross-entropy that weighs the images the model already gets right less")
-    add("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    add("--class-weights", action="store_true",
+        help="weight the loss by inverse class frequency (not with --balanced-sampler or "
+             "--neg-per-pos, which rebalance already)")
     add("--balanced-sampler", action="store_true", help="draw each class equally often")
     add("--neg-per-pos", type=number(int, 1), default=None, metavar="K",
         help="each epoch, every malignant image and K times as many benign ones, drawn afresh "
@@ -348,6 +350,11 @@ def refuse_conflicts(args, parser):
         parser.exit(2, f"error: --freeze-backbone needs {'; '.join(unmet)}\n")
     if args.balanced_sampler and args.neg_per_pos:
         parser.exit(2, "error: choose one of --balanced-sampler and --neg-per-pos\n")
+    sampler = imbalance.double_correction(args)
+    if sampler:  # the loss would weigh the malignant class up again on batches already rebalanced
+        parser.exit(2, f"error: --class-weights with {sampler} corrects the class imbalance "
+                       "twice; choose one: the sampler (rebalanced batches) or the weights "
+                       "(plain batches)\n")
 
 
 def main():

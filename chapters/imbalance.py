@@ -9,6 +9,10 @@ are two ends to answer it at, and a run should use one of them:
 - the loss end (here): --class-weights makes each malignant image count benign/malignant times as
   much in the loss, and --loss focal (any class balance) weighs the images already called right with
   confidence less, so that training dwells on the hard and the rare ones.
+Not both: class weights are counted on the training table, so on batches a sampler has already
+rebalanced they would scale the malignant class a second time (on ISIC 2024, --neg-per-pos 10 with
+--class-weights would weigh each malignant image about 1,000 times a benign one, in batches that
+are already 1 in 11 malignant). train.py refuses the pair (double_correction).
 The metrics that judge the result (AUC, balanced accuracy, sensitivity; chapters/metrics.py) do not
 depend on the class ratio.
 """
@@ -36,3 +40,14 @@ def focal_loss(logits, labels, weight=None, gamma=2.0):
         return losses.mean()
     # Weighted mean, as CrossEntropyLoss does.
     return (weight[labels] * losses).sum() / weight[labels].sum()
+
+
+def double_correction(args):
+    """The rebalancing sampler asked for beside --class-weights, if any (train.py then refuses the
+    pair): one end of the imbalance is enough."""
+    if args.class_weights:
+        for option, asked in (("--balanced-sampler", args.balanced_sampler),
+                              ("--neg-per-pos", args.neg_per_pos)):
+            if asked:
+                return option
+    return None

@@ -26,10 +26,14 @@ OPSET = 17
 
 # What the graph's inputs must be, in words: its metadata_props carry this, so that the file is all
 # a user needs.
-RESIZE_RULE = ("the image in RGB; its shorter side resized to image_size (bilinear, antialiased) "
-               "and the central image_size x image_size square cropped; pixels scaled to [0, 1], "
-               "then each channel minus mean, divided by std. Input 'image': float32, shape "
-               "(images, 3, image_size, image_size)")
+RESIZE_RULE = ("the image in RGB, 8 bits a channel; resized (bilinear, antialiased, as PIL's "
+               "BILINEAR resize) so that its shorter side is image_size and its longer side "
+               "int(image_size * longer / shorter), the fraction dropped (170 for a 200x150 image "
+               "at 128, not 171); then the central image_size x image_size square cropped, its "
+               "left edge at round((width - image_size) / 2) and its top at "
+               "round((height - image_size) / 2) of the resized image, halves rounded to even "
+               "(Python's round); pixels scaled to [0, 1], then each channel minus mean, divided "
+               "by std. Input 'image': float32, shape (images, 3, image_size, image_size)")
 METADATA_RULE = ("input 'metadata': float32, shape (images, features), the features in the order "
                  "of metadata_features, NaN where unknown. A plain name (age in years, a "
                  "measurement in its CSV's unit) is the number; 'column: word' is 1 when the "

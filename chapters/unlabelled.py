@@ -4,7 +4,9 @@ one image.
 Training and evaluation read labels.csv, whose every row has a label. A model's use is the other way
 round: images nobody has diagnosed yet. evaluate.py reaches here in one line for each:
 - --predict PATH writes OUT/submission.csv (isic_id, target: the probability of malignancy), one row
-  per image in the order given, as the ISIC 2024 challenge takes it. PATH is a metadata CSV (its
+  per image in the order given, as the ISIC 2024 challenge takes it, once every image is checked
+  (those that cannot be read are all listed in OUT/unreadable.csv, and stop the run unless
+  --skip-unreadable scores the rest). PATH is a metadata CSV (its
   rows in order; the images in an HDF5 file beside it, as test-metadata.csv has test-image.hdf5, or
   as files beside it, in images/ or in test-image/image/), an HDF5 file (every key, sorted) or a
   folder of image files (sorted by name, each named after its file);
@@ -25,9 +27,9 @@ from chapters.grad_cam import grad_cam, overlay
 from dataset import CustomDataset
 from helpers import hdf5
 from helpers.charts import to_picture
-from helpers.files import DataError, save_atomically, save_image
-from helpers.tables import read_metadata, refuse_paths_outside
-from helpers.images import IMAGE_SUFFIXES, find_images
+from helpers.files import DataError, in_threads, save_atomically, save_image
+from helpers.images import IMAGE_SUFFIXES, find_images, inspect_image
+from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
 
 
 # --- Which images, in which order -----------------------------------------------------------------
@@ -63,8 +65,7 @@ def prediction_table(path):
 def csv_images(csv, meta):
     """A metadata CSV's rows with the load_path of each row's image: in the HDF5 file beside it, if
     any (see helpers/hdf5.py), else <isic_id>.jpg (.png ...) beside it, in images/ or in
-    test-image/image/. A row without an image stops the run: a submission lacking a row would be
-    refused, or scored wrong."""
+    test-image/image/. A row without an image gets a `missing` note (see unreadable_images)."""
     if "isic_id" not in meta:
         raise DataError(f"{csv} has no isic_id column (it has: {', '.join(meta.columns)}); "
                         "--predict reads a metadata CSV with one row per image, named by isic_id")
@@ -77,24 +78,70 @@ def csv_images(csv, meta):
         paths = find_images(folders, ids)
         refuse_paths_outside(pd.DataFrame({"isic_id": ids, "image_path": paths}), csv)
         missing = ~pd.Series(map(os.path.exists, paths), index=meta.index)
-    if missing.any():
-        row = missing.idxmax()
-        raise DataError(f"{csv}, line {row + 2}: no image {ids[row]!r} in {packed or csv.parent} "
-                        f"({missing.sum()} such rows); add the images, or remove those rows")
+    notes = [f"missing: {csv.name}, line {row + 2}: no image {ids[row]!r} in {packed or csv.parent}"
+             if gone else None for row, gone in zip(meta.index, missing)]
     # Its metadata, cleaned as prepare_data.py cleans it, for the models that weigh it.
-    return meta.assign(load_path=paths, **metadata.read_evidence(meta))
+    return meta.assign(load_path=paths, missing=notes, **metadata.read_evidence(meta))
+
+
+# --- Every image checked before any is scored -----------------------------------------------------
+# A submission must have one row per image (Kaggle refuses one that lacks a row), and scoring
+# 100,000 images takes hours: broken files found one per run would cost a run each. So every image
+# is opened and decoded (at 1/8 scale, as prepare_data.py checks them) before the first is scored,
+# and all that fail are named at once, in OUT/unreadable.csv.
+
+def unreadable_images(table):
+    """The reason each image of the table that cannot be scored fails (a Series, by row); empty if
+    all can be."""
+    if "missing" in table:
+        known = table["missing"].notna()
+    else:
+        known = pd.Series(False, index=table.index)
+    checked = in_threads(inspect_image, table.loc[~known, "load_path"].tolist(), "checked",
+                         min(8, os.cpu_count() or 1))
+    reasons = pd.Series([reason for _, reason, _ in checked], index=table.index[~known],
+                        dtype=object)
+    if known.any():
+        reasons = pd.concat([reasons, table.loc[known, "missing"]]).loc[table.index]
+    return reasons.dropna()
+
+
+def set_aside_unreadable(table, out, skip_unreadable):
+    """The table's readable rows. The others are listed in OUT/unreadable.csv; unless
+    --skip-unreadable, they stop the run (DataError) before anything is scored or written."""
+    reasons = unreadable_images(table)
+    bad = table.loc[reasons.index]
+    listing = out / "unreadable.csv"
+    write_unreadable(listing, bad["isic_id"], bad["load_path"], reasons)
+    if len(bad) and not skip_unreadable:
+        examples = "; ".join(f"{where}: {why}"
+                             for where, why in zip(bad["load_path"][:3], reasons[:3]))
+        raise DataError(f"{len(bad):,} of {len(table):,} images cannot be scored: {examples}"
+                        f"{'; ...' if len(bad) > 3 else ''}. All are listed in {listing}; "
+                        "replace or remove them, or score the rest with --skip-unreadable "
+                        "(no submission written)")
+    return table.drop(index=reasons.index)
 
 
 # --- Scoring them ---------------------------------------------------------------------------------
 
-def write_submission(path, models, out):
-    """OUT/submission.csv: isic_id and target, each image's P(malignant), scored as a split is."""
-    table = prediction_table(path)
+def write_submission(path, models, out, skip_unreadable=False):
+    """OUT/submission.csv: isic_id and target, each image's P(malignant), scored as a split is; with
+    skip_unreadable, the readable images only."""
+    every = prediction_table(path)
+    table = set_aside_unreadable(every, out, skip_unreadable)
+    if table.empty:
+        raise DataError(f"none of the {len(every):,} images of {path} can be read; see "
+                        f"{out / 'unreadable.csv'}")
     print(models.metadata_note(table))
     probabilities, _, _ = models.score(table)
     submission = pd.DataFrame({"isic_id": table["isic_id"], "target": probabilities})
     save_atomically(out / "submission.csv", lambda tmp: submission.to_csv(tmp, index=False))
-    print(f"wrote {out / 'submission.csv'}: P(malignant) of {len(submission)} images")
+    if len(table) < len(every):
+        print(f"wrote {out / 'submission.csv'}: scored {len(table):,} of {len(every):,} images; "
+              f"{len(every) - len(table):,} unreadable, listed in {out / 'unreadable.csv'}")
+    else:
+        print(f"wrote {out / 'submission.csv'}: P(malignant) of {len(submission)} images")
 
 
 def classify_image(path, models, threshold, out, age=None, sex=None, site=None):

@@ -77,6 +77,8 @@ def inspect_image(path):
     """(sha1 of the file, None, its shorter side in pixels) if it decodes, else (None, the reason, None)."""
     try:
         data = read_bytes(path)
+        if not data:
+            return None, "unreadable (an empty file)", None
         image = Image.open(io.BytesIO(data))
         refuse_huge(image, path)
         shorter_side = min(image.size)
@@ -87,6 +89,8 @@ def inspect_image(path):
         return hashlib.sha1(data).hexdigest(), None, shorter_side
     except FileNotFoundError:
         return None, "missing", None
+    except Image.UnidentifiedImageError:
+        return None, "unreadable (not an image file)", None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, DataError) as error:
         return None, f"unreadable ({error})", None
 

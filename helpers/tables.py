@@ -1,13 +1,15 @@
 """Reading a metadata CSV safely; a first reading can skip it.
 
 - read_metadata: a metadata CSV, every column as text, or a DataError saying what is wrong with the file;
-- refuse_paths_outside: a DataError for an id that would lead outside the data folder ('../../etc/passwd').
+- refuse_paths_outside: a DataError for an id that would lead outside the data folder ('../../etc/passwd');
+- write_unreadable: OUT/unreadable.csv, every image that could not be read, where and why.
 """
 import os
+from pathlib import Path
 
 import pandas as pd
 
-from helpers.files import DataError, leads_outside
+from helpers.files import DataError, leads_outside, save_atomically
 
 
 def refuse_paths_outside(table, csv):
@@ -31,3 +33,16 @@ def read_metadata(csv):
             from None
     meta.columns = meta.columns.str.strip()
     return meta
+
+
+def write_unreadable(path, ids, locations, reasons):
+    """path (unreadable.csv): isic_id, location (the file, or FILE.hdf5::KEY) and reason of every image
+    that could not be read, so that a batch is fixed in one round; a list left by an earlier run goes
+    when nothing is unreadable any more."""
+    path = Path(path)
+    if not len(ids):
+        path.unlink(missing_ok=True)
+        return
+    table = pd.DataFrame({"isic_id": list(ids), "location": list(locations), "reason": list(reasons)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(path, lambda tmp: table.to_csv(tmp, index=False))

@@ -2,15 +2,18 @@
 README's example, run here as written), ranking images as --predict --no-tta does; and its refusals."""
 import contextlib
 import io
+import json
 import re
 import shutil
 import sys
 
+import numpy as np
 import onnx
 import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from PIL import Image, ImageOps
 
 import evaluate
 from conftest import ROOT, make_isic_2024, prepare_and_train, run_main
@@ -119,3 +122,44 @@ def test_export_refusals(trained_baseline, tmp_path, monkeypatch, capsys):
     assert run_main(evaluate, checkpoint, "--export", tmp_path / "m.onnx", monkeypatch=monkeypatch) == 2
     assert "pip install -r requirements-onnx.txt" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def score_from_props(session, path, round_longer_side=False):
+    """P(malignant) of one image, fed as the ONNX file's `resize` prop says, word for word, and nothing
+    else: the way an app written in another language would do it. (round_longer_side: the mistake
+    the prop guards against, 171 px where it says 170.)"""
+    props = session.get_modelmeta().custom_metadata_map
+    size, mean, std = int(props["image_size"]), json.loads(props["mean"]), json.loads(props["std"])
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    short = min(image.size)
+    longer = (lambda side: round(size * side / short)) if round_longer_side else \
+        (lambda side: int(size * side / short))
+    image = image.resize([size if side == short else longer(side) for side in image.size],
+                         Image.BILINEAR)
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255
+    inputs = {"image": ((pixels - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)}
+    if "metadata_features" in props:
+        inputs["metadata"] = np.full((1, len(json.loads(props["metadata_features"]))), np.nan, np.float32)
+    return float(session.run(None, inputs)[0][0])
+
+
+def test_the_resize_prop_alone_reproduces_predict(trained_baseline, tmp_path, monkeypatch):
+    # Oblong photos, as real ones are (200x150 as HAM10000's; 150x201, whose resized side is odd, so
+    # that the crop's offset ends in a half): the prop says how the longer side and the offsets round.
+    checkpoint, data = trained_baseline
+    assert run_main(evaluate, checkpoint, "--export", tmp_path / "m.onnx", monkeypatch=monkeypatch) == 0
+    props = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert "int(image_size * longer / shorter)" in props["resize"] and "round((width" in props["resize"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, path in enumerate(sorted((data / "images").glob("*.jpg"))[:10]):
+        shape = (200, 150) if i % 2 else (150, 201)
+        Image.open(path).resize(shape, Image.BICUBIC).save(folder / path.name, quality=95)
+    expected = predict_no_tta(checkpoint, folder, tmp_path / "out", monkeypatch)
+    session = onnxruntime.InferenceSession(tmp_path / "m.onnx")
+    paths = [folder / f"{image_id}.jpg" for image_id in expected["isic_id"]]
+    got = [score_from_props(session, path) for path in paths]
+    assert max(abs(a - b) for a, b in zip(got, expected["target"])) < 1e-4
+    shifted = [score_from_props(session, path, round_longer_side=True) for path in paths]
+    assert max(abs(a - b) for a, b in zip(shifted, expected["target"])) > 1e-4  # so the rule matters

@@ -111,17 +111,18 @@ def bad_inputs(root, images):
     """(what --predict is given, words the error must contain) for each bad input, built under root."""
     ids = list(images)
     cases = {}
-    garbled = root / "garbled" / "test-image.hdf5"  # the last image is not a JPEG: noticed mid-run
+    garbled = root / "garbled" / "test-image.hdf5"  # the last image is not a JPEG: found before any is scored
     write_hdf5(garbled, {**images, "ISIC_9999999": b"\xff\xd8\xff\xe0 half a JPEG"})
-    cases["unreadable image"] = (garbled, ["cannot decode image", "test-image.hdf5::ISIC_9999999"])
+    cases["unreadable image"] = (garbled, ["1 of 4 images cannot be scored", "test-image.hdf5::ISIC_9999999",
+                                           "unreadable.csv", "--skip-unreadable"])
     write_hdf5(root / "keyless" / "test-image.hdf5", images)
     pd.DataFrame({"isic_id": ids + ["ISIC_0000404"]}).to_csv(root / "keyless" / "test-metadata.csv", index=False)
     cases["no HDF5 key"] = (root / "keyless" / "test-metadata.csv",
-                            ["test-metadata.csv, line 5", "no image 'ISIC_0000404' in", "test-image.hdf5"])
+                            ["test-metadata.csv, line 5: no image 'ISIC_0000404' in", "test-image.hdf5"])
     for image_id in ids:
         make_image(root / "files" / f"{image_id}.jpg")
     pd.DataFrame({"isic_id": [ids[0], "ISIC_0000404"]}).to_csv(root / "files" / "metadata.csv", index=False)
-    cases["no image file"] = (root / "files" / "metadata.csv", ["metadata.csv, line 3", "'ISIC_0000404'"])
+    cases["no image file"] = (root / "files" / "metadata.csv", ["metadata.csv, line 3: no image 'ISIC_0000404'"])
     make_image(root / "secret.jpg")
     pd.DataFrame({"isic_id": [ids[0], "../secret"]}).to_csv(root / "files" / "escape.csv", index=False)
     cases["escaping id"] = (root / "files" / "escape.csv", ["escape.csv", "'../secret' leads outside"])
@@ -154,4 +155,39 @@ def test_bad_input_stops_in_one_line_and_leaves_the_previous_submission(case, tr
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and all(word in error for word in words), error
     assert (out / "submission.csv").read_text() == "isic_id,target\nISIC_0000001,0.5\n"
-    assert sorted(p.name for p in out.iterdir()) == ["submission.csv"]
+    # Where the images themselves fail (not the file that lists them), every one is listed beside it.
+    unreadable = ["unreadable.csv"] if case in ("unreadable image", "no HDF5 key", "no image file") else []
+    assert sorted(p.name for p in out.iterdir()) == ["submission.csv", *unreadable]
+
+
+def test_every_broken_image_is_named_at_once_and_the_rest_scored_on_request(trained_baseline, tmp_path,
+                                                                           monkeypatch, capsys):
+    # A clinic's folder of 10 lesions, two of them broken: a text file named like a JPEG, and an empty one.
+    checkpoint, data = trained_baseline
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    for path in sorted((data / "images").glob("*.jpg"))[:8]:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.jpg").write_text("call the patient back on Monday")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    assert run_main(evaluate, checkpoint, "--predict", folder, "--out", out, monkeypatch=monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "2 of 10 images cannot be scored" in error, error
+    assert "empty.jpg: unreadable (an empty file)" in error and "notes.jpg: unreadable (not an image" in error
+    listed = pd.read_csv(out / "unreadable.csv")
+    assert listed["isic_id"].tolist() == ["empty", "notes"] and list(listed.columns) == ["isic_id", "location", "reason"]
+    assert not (out / "submission.csv").exists()  # Kaggle's rule: a row for every image, or no submission
+    assert run_main(evaluate, checkpoint, "--predict", folder, "--out", out, "--skip-unreadable",
+                    monkeypatch=monkeypatch) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "scored 8 of 10 images; 2 unreadable, listed in" in last and "unreadable.csv" in last
+    submission = pd.read_csv(out / "submission.csv")
+    assert submission["isic_id"].tolist() == sorted(p.stem for p in folder.glob("*.jpg") if p.stem not in
+                                                    ("empty", "notes"))
+    assert pd.read_csv(out / "unreadable.csv")["isic_id"].tolist() == ["empty", "notes"]
+    # Once they are fixed, the list goes: it never describes an older batch.
+    (folder / "notes.jpg").unlink()
+    (folder / "empty.jpg").unlink()
+    assert run_main(evaluate, checkpoint, "--predict", folder, "--out", out, monkeypatch=monkeypatch) == 0
+    assert not (out / "unreadable.csv").exists() and len(pd.read_csv(out / "submission.csv")) == 8

@@ -49,6 +49,12 @@ def test_ham10000_layout(tmp_path, monkeypatch, capsys):
     assert "excluded 1 rows with diagnosis 'akiec'" in output
     assert "skipped 1 rows: image file missing: ISIC_9000001" in output
     assert "skipped 1 rows: image file unreadable: ISIC_9000002" in output
+    # Still skipped, as before; and all of them listed in one file, where they were looked for and why.
+    listed = pd.read_csv(tmp_path / "out" / "unreadable.csv")
+    assert listed["isic_id"].tolist() == ["ISIC_9000001", "ISIC_9000002"]
+    assert listed["reason"][0] == "missing" and listed["reason"][1].startswith("unreadable")
+    assert listed["location"][0].endswith("ISIC_9000001.jpg")
+    assert "the 2 images left out are listed in" in output
     assert len(table) == 60
     # mel and bcc are malignant; nv, bkl, df, vasc benign.
     assert table.groupby("diagnosis")["label"].first().to_dict() == {
