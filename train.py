@@ -107,7 +107,7 @@ def validate(run, hardware, tta):
         probabilities, labels = predict(run.learner, run.val_loader, hardware.device, tta)
     gathered = [distributed.gather(values, hardware.world_size)
                 for values in (probabilities, labels)]
-    return {"isic_id": run.val_ids, **summarise(*gathered)}
+    return {"isic_id": run.val_ids, "views": 8 if tta else 1, **summarise(*gathered)}
 
 
 # --- The training of one model: the loop, epoch by epoch ------------------------------------------
@@ -130,7 +130,9 @@ def fit(args, fold, interrupted, hardware):
             started = time.time()
             run.train_loader.sampler.set_epoch(epoch)  # the epoch's images and order: (seed, epoch)
             train_loss, seen = train_one_epoch(run, hardware, args.dry_run)
-            val = validate(run, hardware, args.tta)
+            # --patience 0 keeps the last epoch whatever validation says: the epochs before it are
+            # scored in one view, for the curves alone, and the kept one in its 8 (TTA), as used.
+            val = validate(run, hardware, args.tta and (args.patience > 0 or epoch == args.epochs))
             log_epoch(history, epoch, args.epochs, train_loss, val,
                       time.time() - started, seen, run)
 
@@ -152,7 +154,8 @@ def fit(args, fold, interrupted, hardware):
 def log_epoch(history, epoch, epochs, train_loss, val, seconds, images, run):
     """One row of the history (the log's, and the curves'), printed."""
     history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"], "val_auc": val["auc"], "seconds": seconds,
+                    "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+                    "val_views": val["views"], "seconds": seconds,
                     "images_per_second": images / seconds, "lr": run.scheduler.get_last_lr()[0]})
     print(f"epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
           f"val acc {val['accuracy']:.3f}  val AUC {val['auc']:.3f}  {seconds:5.1f} s  "

@@ -54,7 +54,9 @@ def draw_curves(history, best_epoch, path, train_loss="cross-entropy"):
     loss_ticks = [round(k * step, 6) for k in range(int(top / step) + 1)]
     loss = Chart("loss: train (blue), validation (orange)", "epoch", f"train: {train_loss}; val: cross-entropy",
                  last, top, epochs, loss_ticks)
-    auc = Chart(f"validation AUC (kept: epoch {best_epoch})", "epoch", "AUC", last, 1, epochs,
+    one_view = any(row.get("val_views") == 1 for row in history[:-1]) and history[-1].get("val_views") == 8
+    title = f"validation AUC (kept: epoch {best_epoch}{'; before it, 1 view' if one_view else ''})"
+    auc = Chart(title, "epoch", "AUC", last, 1, epochs,
                 (0, 0.2, 0.4, 0.6, 0.8, 1))
     for chart, series in ((loss, {"train_loss": (30, 60, 200), "val_loss": (230, 120, 20)}),
                           (auc, {"val_auc": (30, 150, 60)})):

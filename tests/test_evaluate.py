@@ -170,3 +170,22 @@ def test_a_new_clinic_sets_its_threshold_on_its_own_images(trained_baseline, tmp
     assert min(abs(rechosen - p) for p in scored["probability_malignant"]) < 1e-9  # one of the clinic's scores
     assert balanced_accuracy(rechosen - 1e-12) == pytest.approx(best)
     assert rechosen != own_threshold  # chosen on other images than the checkpoint's validation ones
+
+
+def test_bfloat16_scoring_is_close_to_float32_and_not_the_same(trained_baseline, tmp_path, monkeypatch):
+    # --precision bf16 runs the model in bfloat16 autocast (docs/SPEED.md: about twice as fast where the
+    # CPU has bf16 instructions): the probabilities move a little, the ranking hardly.
+    checkpoint, data = trained_baseline
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((data / "images").glob("*.jpg"))[:12]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    scored = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert run_main(evaluate, checkpoint, "--predict", folder, "--precision", precision, "--out", out,
+                        monkeypatch=monkeypatch) == 0
+        scored[precision] = pd.read_csv(out / "submission.csv")["target"]
+    difference = (scored["fp32"] - scored["bf16"]).abs()
+    assert 0 < difference.max() < 0.05, difference
+    assert scored["fp32"].rank().corr(scored["bf16"].rank()) > 0.9

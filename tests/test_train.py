@@ -128,6 +128,26 @@ def test_patience_zero_trains_every_epoch_and_keeps_the_last(synthetic_data, tmp
         assert torch.equal(tensor, seen[2][name]), name
 
 
+def test_patience_zero_spends_the_eight_views_on_the_kept_epoch_only(synthetic_data, tmp_path, monkeypatch):
+    # With --patience 0 the epochs before the last are scored in one view, for the curves; what is kept
+    # (weights, out-of-fold predictions, the fusion, so the threshold) is what 8 views every epoch gave.
+    options = ("--folds", 2, "--patience", 0, "--epochs", 3)
+    lean = train_briefly(tmp_path, synthetic_data, monkeypatch, "lean", *options)
+    real_validate, asked = train.validate, []
+
+    def every_epoch_in_eight_views(run, hardware, tta):
+        asked.append(tta)
+        return real_validate(run, hardware, True)
+
+    monkeypatch.setattr(train, "validate", every_epoch_in_eight_views)
+    full = train_briefly(tmp_path, synthetic_data, monkeypatch, "full", *options)
+    assert asked == [False, False, True] * 2
+    assert lean["val_predictions"] == full["val_predictions"] and lean["fusion"] == full["fusion"]
+    for name, tensor in full["state_dict"].items():
+        assert torch.equal(lean["state_dict"][name], tensor), name
+    for fold in (1, 2):  # the log says how each epoch was scored
+        assert pd.read_csv(tmp_path / f"lean-fold{fold}-log.csv")["val_views"].tolist() == [1, 1, 8]
+
 def test_focal_loss_by_hand():
     # logits (0, ln 3): P(malignant) = 3 / 4. Cross-entropy for a malignant image: -ln(3/4) = 0.2877;
     # focal loss with gamma 2 scales it by (1 - 3/4)^2 = 1/16.
