@@ -11,7 +11,9 @@ the probability:
 4. its fit (train.py, add_late_fusion): a logistic regression by hand, once the image model is
    trained, and a picture of what it learnt;
 5. its use (evaluate.py, apply and note): every image scored is fused, and the report says
-   with what.
+   with what;
+6. priors that may not travel (metadata_shift): a warning when the scored metadata is unlike the
+   training set's.
 ISIC 2024's lesion measurements come along as numbers too (chapters/isic2024.py).
 """
 import math
@@ -361,5 +363,34 @@ def note(fusions, table):
     known = [f"{field} (known for {int(table[field].notna().sum())} of {len(table)})"
              for field in present]
     absent = [field for field in fields if field not in present]
-    return (f"metadata used: {', '.join(known)}" +
+    shifted = metadata_shift(fusion, table)
+    warning = (f"warning: this metadata is unlike the training set's ({'; '.join(shifted)}): "
+               "the fusion's priors may not hold here; compare the AUC of the images alone\n"
+               if shifted else "")
+    return (f"{warning}metadata used: {', '.join(known)}" +
             (f"; not in this data, so unknown: {', '.join(absent)}" if absent else ""))
+
+
+# --- 6. Priors that may not travel ---------------------------------------------------------------
+# The weights are one population's priors: which sites, which sex and which ages carry melanoma
+# among the training images. Another clinic, another country or another way of recording the site
+# sees other frequencies, and the same words then mislead. The scored data cannot say whether the
+# priors hold (it has no labels), but it can say when its metadata looks unlike the training set's.
+SHIFTED_SHARE = 0.2  # a word this much more or less common, of the known values, than in training
+SHIFTED_MEAN = 1.0   # a number whose mean lies this many training standard deviations away
+
+
+def metadata_shift(fusion, table):
+    """The features whose values here lie far from the training set's (the fusion's centre: each
+    word's share, each number's mean), each as 'feature: here against training'."""
+    here = metadata_features(table, fusion).nanmean(0).tolist()
+    shifted = []
+    for name, mean, centre, scale in zip(fusion["features"], here, fusion["centre"],
+                                         fusion["scale"]):
+        if math.isnan(mean) or name.endswith(isic2024.VS_PATIENT):
+            continue
+        if ": " in name and abs(mean - centre) >= SHIFTED_SHARE:
+            shifted.append(f"{name} {mean:.0%} of the known values against {centre:.0%}")
+        elif ": " not in name and abs(mean - centre) >= SHIFTED_MEAN * scale:
+            shifted.append(f"{name} {mean:.3g} on average against {centre:.3g}")
+    return shifted

@@ -12,7 +12,7 @@ import prepare_data
 import train
 from conftest import make_image, run_main
 from chapters.metadata import (LateFusion, evidence_columns, fit_late_fusion, fused_probabilities, logistic_regression,
-                               metadata_encoding, metadata_features)
+                               metadata_encoding, metadata_features, metadata_shift)
 from dataset import read_split
 from model import load_checkpoint
 
@@ -243,3 +243,33 @@ def test_one_image_takes_its_metadata_on_the_command_line(trained_baseline, tmp_
     assert old > young
     assert "--age 'unknown' is not a value the models know" in output and "--site 'elbow'" in output
     assert "note: this data has no age, sex, site" in output
+
+
+def test_metadata_unlike_the_training_sets_is_named_by_hand():
+    # Trained on ages 50 +- 10 and as many women as men; scored on two women of 80 and one of 55.
+    fusion = {"features": ["age", "sex: female", "sex: male"], "vocabulary": {"sex": ["female", "male"]},
+              "centre": [50.0, 0.5, 0.5], "scale": [10.0, 1.0, 1.0]}
+    scored = pd.DataFrame({"age": [80, 80, 55], "sex": ["female", "female", "female"]})
+    assert metadata_shift(fusion, scored) == ["age 71.7 on average against 50",
+                                              "sex: female 100% of the known values against 50%",
+                                              "sex: male 0% of the known values against 50%"]
+    alike = pd.DataFrame({"age": [45, 58, None], "sex": ["female", "male", "unknown"]})
+    assert metadata_shift(fusion, alike) == []  # within a standard deviation; half and half
+    assert metadata_shift(fusion, pd.DataFrame(index=range(3))) == []  # nothing known: nothing to compare
+
+
+def test_the_report_warns_when_the_scored_metadata_is_unlike_the_training_sets(trained_baseline, tmp_path,
+                                                                                monkeypatch, capsys):
+    checkpoint, data = trained_baseline
+    assert run_main(evaluate, checkpoint, "--out", tmp_path / "same", monkeypatch=monkeypatch) == 0
+    assert "warning" not in capsys.readouterr().out  # its own test split: drawn as its training set was
+    labels = pd.read_csv(data / "labels.csv").query("split == 'test'")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    labels.assign(site="head/neck", image_path=[str(data / p) for p in labels["image_path"]]) \
+        .to_csv(moved / "labels.csv", index=False)
+    assert run_main(evaluate, checkpoint, "--data", moved, "--out", tmp_path / "r", monkeypatch=monkeypatch) == 0
+    output = capsys.readouterr().out
+    assert re.search(r"warning: this metadata is unlike the training set's \(.*site: head/neck 100% of the "
+                     r"known values against \d+%", output), output
+    assert "compare the AUC of the images alone" in output
