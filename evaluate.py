@@ -15,9 +15,10 @@ and, over all thresholds at once:
 The threshold is chosen on the validation images' predictions that the checkpoint carries: the one
 with the best balanced accuracy, or with --target-sensitivity the highest that catches that share of
 malignant lesions. Thresholds do not travel well to another clinic's images: --threshold-from
-chooses it on a few dozen of that clinic's own labelled images instead. Writes OUT/metrics.json,
-OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and OUT/grad_cam.png (where the model
-looked, on its most confident hits and misses).
+chooses it on a few dozen of that clinic's own labelled images instead, and --refit-fusion refits
+the metadata's fusion on them too, for a population whose sites or ages carry melanoma otherwise.
+Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and
+OUT/grad_cam.png (where the model looked, on its most confident hits and misses).
 
 A model trained with metadata (train.py's late fusion) weighs each image's age, sex and body site
 beside it, wherever the data has them, and as unknown where it does not: the report names the fields
@@ -45,6 +46,8 @@ Examples:
   python evaluate.py checkpoints/efficientnet_lite0.pt checkpoints/lite0-1.pt  # a two-seed ensemble
   python evaluate.py checkpoints/resnet.pt --image lesion.jpg \
       --threshold-from data/clinic-50                                # a new clinic
+  python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/clinic \
+      --threshold-from data/clinic-50 --refit-fusion                 # and its own priors
   python evaluate.py checkpoints/isic2024.pt \
       --predict ../isic-2024/test-metadata.csv                       # a Kaggle submission
   python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos  # an image folder
@@ -103,6 +106,14 @@ class Models:
             fused.append(metadata.apply(info.get("fusion"), probabilities, table))
         return mean_over_models(fused), mean_over_models(image_alone), labels
 
+    def refit_fusion(self, table):
+        """Each member's fusion refitted on these labelled images, a new clinic's (an ensemble's
+        members on their mean image-alone probabilities): chapters/metadata.py, refit_fusion."""
+        _, image_alone, labels = self.score(table)
+        for _, info in self.members:
+            if info.get("fusion"):
+                info["fusion"] = metadata.refit_fusion(info["fusion"], image_alone, table, labels)
+
     def metadata_note(self, table):
         return metadata.note([info.get("fusion") for _, info in self.members], table)
 
@@ -143,7 +154,11 @@ def decision_threshold(args, models):
     if not args.threshold_from:
         return pick_threshold([info for _, info in models.members], args.checkpoints,
                               args.target_sensitivity)
-    probabilities, _, labels = models.score(read_labels(args.threshold_from))
+    table = read_labels(args.threshold_from)
+    if args.refit_fusion:  # this clinic's population: its own base rate and metadata priors
+        models.refit_fusion(table)
+        print(f"the metadata's fusion refitted on the {len(table)} images of {args.threshold_from}")
+    probabilities, _, labels = models.score(table)
     threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
     print(f"threshold {threshold:.3g}, chosen on the {len(labels)} images of {args.threshold_from}")
     return threshold
@@ -256,6 +271,10 @@ def parse_arguments():
                         help="choose the threshold on every labelled image of this prepared folder "
                              "instead: for a new clinic, a few dozen of its own images (scored by "
                              "the same models)")
+    parser.add_argument("--refit-fusion", action="store_true",
+                        help="with --threshold-from: refit the metadata's fusion on those images "
+                             "too (the bias, and each weight held near its trained value), for a "
+                             "clinic whose population differs from the training one")
     parser.add_argument("--batch-size", type=number(int, 1), default=64,
                         help="images read at a time")
     parser.add_argument("--workers", type=number(int, 0), default=None,
@@ -267,6 +286,8 @@ def parse_arguments():
     args = parser.parse_args()
     if args.skip_unreadable and not args.predict:
         parser.error("--skip-unreadable goes with --predict")
+    if args.refit_fusion and not args.threshold_from:
+        parser.error("--refit-fusion needs --threshold-from DATA, the labelled images to refit on")
     return args
 
 

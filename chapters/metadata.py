@@ -254,11 +254,12 @@ def logistic_regression(inputs, labels, prior, strength, offset=None, steps=50):
     return weights.float()
 
 
-def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
+def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=None):
     """A LateFusion, as the dict the checkpoint carries (its metadata weights fitted on every train
     and val image of the table, labels.csv's rows; its bias on the checkpoint's held-out
     predictions), and those held-out predictions fused: (None, None) when the data has
-    no metadata."""
+    no metadata. word_strength, if given, holds the word columns' weights (sex, site) instead
+    (benchmarks/fusion_shift.py)."""
     labelled = table[table["split"].isin(["train", "val"])]
     encoding = metadata_encoding(labelled)
     if encoding is None:
@@ -271,10 +272,11 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH):
     centre = features.nanmean(0)
     scale = torch.where(words, torch.ones_like(centre), nan_std(features).clamp(min=1e-6))
     # 1. The metadata alone: every weight pulled towards 0 (no evidence), the bias free (1e-6).
-    count = len(encoding["features"])
-    weights = logistic_regression(standardise(features, centre, scale),
-                                  torch.tensor(labelled["label"].values), torch.zeros(count + 1),
-                                  torch.tensor([1e-6] + [strength] * count))[1:]
+    held = [word_strength if word and word_strength is not None else strength
+            for word in words.tolist()]
+    labels = torch.tensor(labelled["label"].values)
+    weights = logistic_regression(standardise(features, centre, scale), labels,
+                                  torch.zeros(len(held) + 1), torch.tensor([1e-6] + held))[1:]
     # 2. The bias, on the held-out images: each starts from the image model's log-odds plus the
     # metadata's, and only the shift of that sum is fitted. (A fusion fitted before is fitted again
     # from the image alone.)
@@ -394,3 +396,23 @@ def metadata_shift(fusion, table):
         elif ": " not in name and abs(mean - centre) >= SHIFTED_MEAN * scale:
             shifted.append(f"{name} {mean:.3g} on average against {centre:.3g}")
     return shifted
+
+
+# A clinic that has a few dozen labelled images of its own can refit the fusion on them: the bias
+# (its population's base rate), and each weight pulled towards the one learnt in training, so that
+# a few dozen images move it only as far as their evidence goes (evaluate.py --refit-fusion, with
+# --threshold-from; benchmarks/fusion_shift.py measures how many labels it takes).
+LOCAL_STRENGTH = 10.0
+
+
+def refit_fusion(fusion, image_probabilities, table, labels, strength=LOCAL_STRENGTH):
+    """The fusion refitted on these labelled images (their image-alone probabilities, metadata and
+    labels): the bias free, each weight held at its trained value by `strength`."""
+    features = standardise(metadata_features(table, fusion), torch.tensor(fusion["centre"]),
+                           torch.tensor(fusion["scale"]))
+    offset = torch.logit(torch.tensor(image_probabilities).clamp(1e-6, 1 - 1e-6))
+    prior = torch.tensor([fusion["bias"], *fusion["weights"]])
+    held = torch.tensor([1e-6] + [strength] * len(fusion["weights"]))
+    refitted = logistic_regression(features, torch.tensor(list(labels)), prior, held, offset=offset)
+    return {**fusion, "bias": refitted[0].item(), "weights": refitted[1:].tolist(),
+            "refitted_on": len(table)}

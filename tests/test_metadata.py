@@ -273,3 +273,25 @@ def test_the_report_warns_when_the_scored_metadata_is_unlike_the_training_sets(t
     assert re.search(r"warning: this metadata is unlike the training set's \(.*site: head/neck 100% of the "
                      r"known values against \d+%", output), output
     assert "compare the AUC of the images alone" in output
+
+
+def test_a_clinic_refits_the_fusion_on_its_own_labels(trained_baseline, tmp_path, monkeypatch, capsys):
+    # A clinic whose patients turn the training priors round: its malignant lesions are of the young.
+    checkpoint, data = trained_baseline
+    labels = pd.read_csv(data / "labels.csv").query("split == 'test'")
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    labels.assign(age=[25 if label else 75 for label in labels["label"]],
+                  image_path=[str(data / p) for p in labels["image_path"]]).to_csv(clinic / "labels.csv", index=False)
+
+    def report(*extra):
+        assert run_main(evaluate, checkpoint, "--data", clinic, "--threshold-from", clinic, *extra,
+                        "--out", tmp_path / "r", monkeypatch=monkeypatch) == 0
+        return json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+    trained, refitted = report(), report("--refit-fusion")
+    assert f"the metadata's fusion refitted on the {len(labels)} images of" in capsys.readouterr().out
+    assert trained["auc"] < trained["auc_image_alone"]  # the training set's priors mislead here
+    assert refitted["auc"] > trained["auc_image_alone"] + 0.02  # its own labels learnt the clinic's
+    assert run_main(evaluate, checkpoint, "--refit-fusion", monkeypatch=monkeypatch) == 2
+    assert "--refit-fusion needs --threshold-from" in capsys.readouterr().err
