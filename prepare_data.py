@@ -40,9 +40,8 @@ import pandas as pd
 
 from chapters import isic2024, metadata
 from helpers import isic_archive
-from helpers.files import (DataError, Parser, in_threads, number, report_skipped,
-                           save_atomically, stop)
-from helpers.images import IMAGE_SUFFIXES, add_resized_copies, find_images, inspect_image
+from helpers.files import DataError, Parser, number, report_skipped, save_atomically, stop
+from helpers.images import IMAGE_SUFFIXES, add_resized_copies, find_images, inspect_images
 from helpers.synthetic import make_synthetic
 from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
 
@@ -147,9 +146,7 @@ def drop_unusable(table, out):
     report_skipped("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
     table = table.drop_duplicates("isic_id")
 
-    # Reading thousands of files is mostly waiting for the disk: threads overlap the waits.
-    results = in_threads(inspect_image, table["image_path"].tolist(), "checked",
-                         min(8, os.cpu_count() or 1))
+    results = inspect_images(table["image_path"])
     table["sha1"] = [sha1 for sha1, _, _ in results]
     table["shorter_side"] = [side for _, _, side in results]
     reasons = pd.Series([reason for _, reason, _ in results], index=table.index)

@@ -27,8 +27,8 @@ from chapters.grad_cam import grad_cam, overlay
 from dataset import CustomDataset
 from helpers import hdf5
 from helpers.charts import to_picture
-from helpers.files import DataError, in_threads, save_atomically, save_image
-from helpers.images import IMAGE_SUFFIXES, find_images, inspect_image
+from helpers.files import DataError, save_atomically, save_image
+from helpers.images import IMAGE_SUFFIXES, find_images, inspect_images
 from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
 
 
@@ -92,17 +92,11 @@ def csv_images(csv, meta):
 
 def unreadable_images(table):
     """The reason each image of the table that cannot be scored fails (a Series, by row); empty if
-    all can be."""
-    if "missing" in table:
-        known = table["missing"].notna()
-    else:
-        known = pd.Series(False, index=table.index)
-    checked = in_threads(inspect_image, table.loc[~known, "load_path"].tolist(), "checked",
-                         min(8, os.cpu_count() or 1))
-    reasons = pd.Series([reason for _, reason, _ in checked], index=table.index[~known],
-                        dtype=object)
-    if known.any():
-        reasons = pd.concat([reasons, table.loc[known, "missing"]]).loc[table.index]
+    all can be. A CSV's rows already known to have no image (their `missing` note) are not read."""
+    reasons = table.get("missing", pd.Series(None, index=table.index)).astype(object)
+    unchecked = reasons.isna()
+    checked = inspect_images(table.loc[unchecked, "load_path"])
+    reasons[unchecked] = [reason for _, reason, _ in checked]
     return reasons.dropna()
 
 

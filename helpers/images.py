@@ -95,6 +95,12 @@ def inspect_image(path):
         return None, f"unreadable ({error})", None
 
 
+def inspect_images(paths):
+    """inspect_image for each path, in threads, with a progress line: reading thousands of files is
+    mostly waiting for the disk, and threads overlap the waits."""
+    return in_threads(inspect_image, list(paths), "checked", min(8, os.cpu_count() or 1))
+
+
 # --- Decoding once: resized copies -------------------------------------------------------------------
 # A model that looks at 128 or 224 px gains nothing from a 6000x4000 original, but decoding one costs
 # a tenth of a second or more: every epoch, for every image, more than the model's own work on a CPU.
