@@ -1,20 +1,22 @@
 """The metadata's fusion where the population differs from the training one.
 
-HAM10000 test pools drawn so that the body sites (or the sexes) carry melanoma otherwise than in the
+HAM10000 pools redrawn so that the body sites (or the sexes) carry melanoma otherwise than in the
 training pool, as another population's would, and ISIC UDA; on each, the AUC of the images alone, of
-today's fusion, and of fusions that hold the word columns' weights (sex, site) harder at 0 than
-age's, refitted after the fact from each checkpoint's out-of-fold predictions
-(chapters/metadata.py, fit_late_fusion's word_strength) and applied to the image-alone probabilities
-that evaluate.py wrote for the pool. No image is scored again.
+the default fusion, and of fusions that hold the word columns' weights (sex, site) at 0 more or less
+firmly (chapters/metadata.py, fit_late_fusion's word_strength), refitted after the fact from each
+checkpoint's out-of-fold predictions and applied to the image-alone probabilities that evaluate.py
+wrote for the pool. No image is scored again. WORD_STRENGTH was chosen with the development pool as
+--pool; the figures of docs/RESULTS.md come from the test pool.
 
-  python benchmarks/fusion_shift.py --data data/ham --pool data/pool --uda data/uda \\
+  python benchmarks/fusion_shift.py --pool data/pool --uda data/uda \\
       --run checkpoints/seed0.pt reports/pool-0 reports/uda-0 \\
       --run checkpoints/seed1.pt reports/pool-1 reports/uda-1
 
 A shifted pool: for a field (site, sex), its words are ranked by their malignant share in the
 training images (ties by the pool's) and given the pool's shares in the reverse order (the word
 where melanoma was commonest gets the rarest share), each word's rows drawn without replacement to
-that share; rows where the field is unknown are all kept. The same pools for every seed.
+that share; rows where the field is unknown are all kept. Each model's pool is redrawn against its
+own training images.
 """
 import argparse
 import math
@@ -29,9 +31,10 @@ from chapters.metrics import roc_auc  # noqa: E402
 from dataset import read_labels  # noqa: E402
 from model import read_checkpoint  # noqa: E402
 
-# (name, word_strength): None is today's fusion (every weight held as age's); 1e9, age alone.
-DESIGNS = [("today's fusion", None), ("words held x10", 10.0), ("words held x100", 100.0),
-           ("age alone", 1e9)]
+# (name, word_strength): how firmly the word columns' weights are held at 0, against age's 1;
+# 1e9 is age alone.
+DESIGNS = [("words held as age's", 1.0), ("words held x10", 10.0), ("words held x30", 30.0),
+           ("words held x100", 100.0), ("words held x300", 300.0), ("age alone", 1e9)]
 
 
 def reversed_pool(pool, training, field, seed):
@@ -72,8 +75,8 @@ LOCAL_LABELS = (25, 50, 100)
 
 
 def clinic_refits(fusion, table, image_alone, draws=5):
-    """{design: AUC}: today's fusion refitted (refit_fusion) on n labelled images of this set, drawn at
-    random, and scored on the rest; today's fusion and the images alone on the same rest beside it.
+    """{design: AUC}: the default fusion refitted (refit_fusion) on n labelled images of this set, drawn
+    at random, and scored on the rest; the default and the images alone on the same rest beside it.
     Each the mean of `draws` draws."""
     found = {}
     for n in LOCAL_LABELS:
@@ -90,28 +93,29 @@ def clinic_refits(fusion, table, image_alone, draws=5):
             before.append(roc_auc(labels, fused_probabilities(fusion, probabilities, rest)))
             alone.append(roc_auc(labels, probabilities))
         found[f"refit on {n}"] = sum(fused) / draws
-        found[f"today's fusion, the rest of {n}"] = sum(before) / draws
+        found[f"the default, the rest of {n}"] = sum(before) / draws
         found[f"images alone, the rest of {n}"] = sum(alone) / draws
     return found
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the budget's prepared folder the models trained on")
     parser.add_argument("--pool", required=True, help="a prepared folder of other HAM10000 lesions (--test-only)")
     parser.add_argument("--uda", required=True, help="ISIC UDA, prepared with --test-only")
     parser.add_argument("--run", nargs=3, action="append", required=True,
                         metavar=("CHECKPOINT", "POOL_REPORT", "UDA_REPORT"),
-                        help="a checkpoint and evaluate.py's report folders on --pool and --uda")
+                        help="a checkpoint (its --data the budget it trained on) and evaluate.py's "
+                             "report folders on --pool and --uda")
     args = parser.parse_args()
-    training = read_labels(args.data)
-    training = training[training["split"].isin(["train", "val"])]
     pool, uda = read_labels(args.pool), read_labels(args.uda)
     results = []
     for seed, (checkpoint_path, pool_report, uda_report) in enumerate(args.run):  # one model a seed
         checkpoint = read_checkpoint(checkpoint_path)
-        fusions = {name: fit_late_fusion(checkpoint, read_labels(args.data), word_strength=strength)[0]
-                   for name, strength in DESIGNS}
+        budget = read_labels(checkpoint["args"]["data"])
+        training = budget[budget["split"].isin(["train", "val"])]
+        fusions = {"the default": fit_late_fusion(checkpoint, budget)[0]}
+        fusions.update({name: fit_late_fusion(checkpoint, budget, word_strength=strength)[0]
+                        for name, strength in DESIGNS})
         sets = {}
         for name, table, report in (("HAM10000 pool", pool, pool_report), ("ISIC UDA", uda, uda_report)):
             predictions = pd.read_csv(Path(report) / "predictions.csv").set_index("isic_id")
@@ -122,16 +126,17 @@ def main():
             sets[f"HAM10000 pool, {field} reversed"] = (shifted, image_alone.loc[shifted["isic_id"]])
         for name, (table, probabilities) in sets.items():
             row = aucs(fusions, table, probabilities.tolist())
-            row.update(clinic_refits(fusions["today's fusion"], table, probabilities))
-            results.append({"set": f"{name} ({len(table)}, {table['label'].mean():.0%} malignant)",
-                            "seed": seed, **row})
+            row.update(clinic_refits(fusions["the default"], table, probabilities))
+            results.append({"set": name, "seed": seed, "images": len(table),
+                            "malignant": table["label"].mean(), **row})
     table = pd.DataFrame(results)
-    columns = [column for column in table.columns if column not in ("set", "seed")]
+    columns = [column for column in table.columns if column not in ("set", "seed", "images", "malignant")]
     print(f"| set | {' | '.join(columns)} |\n|---|{'---|' * len(columns)}")
     for name, rows in table.groupby("set", sort=False):
         cells = [f"{rows[c].mean():.3f} ± {rows[c].std(ddof=1) if len(rows) > 1 else math.nan:.3f}"
                  if rows[c].notna().any() else "–" for c in columns]
-        print(f"| {name} | {' | '.join(cells)} |")
+        size = f"{rows['images'].mean():.0f} images, {rows['malignant'].mean():.0%} malignant"
+        print(f"| {name} ({size}) | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,14 @@ def nan_std(features):
 # HAM10000 development lesions under the budget, anything from 0.1 to 3 gives the same AUC to 0.002
 # (python benchmarks/fusion_strength.py; docs/RESULTS.md).
 FUSION_STRENGTH = 1.0
+# The words (sex, body site) are held 100 times harder. Which site carries melanoma is a fact about one
+# population and one way of recording sites, and a few hundred images of it mislead a clinic where
+# either differs: on HAM10000 development lesions redrawn so that the sites carry melanoma in the
+# reverse order, words held as age's scored below the images alone, held 100 times harder above
+# them, and in-domain no worse (python benchmarks/fusion_shift.py; docs/RESULTS.md). The penalty is
+# a sum beside the data's: with 400 images a word must prove a lot, with ISIC 2024's 400,000 it
+# hardly holds.
+WORD_STRENGTH = 100.0
 
 
 def logistic_regression(inputs, labels, prior, strength, offset=None, steps=50):
@@ -254,12 +262,12 @@ def logistic_regression(inputs, labels, prior, strength, offset=None, steps=50):
     return weights.float()
 
 
-def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=None):
+def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=WORD_STRENGTH):
     """A LateFusion, as the dict the checkpoint carries (its metadata weights fitted on every train
     and val image of the table, labels.csv's rows; its bias on the checkpoint's held-out
     predictions), and those held-out predictions fused: (None, None) when the data has
-    no metadata. word_strength, if given, holds the word columns' weights (sex, site) instead
-    (benchmarks/fusion_shift.py)."""
+    no metadata. strength holds the numbers' weights (age, measurements), word_strength the word
+    columns' (sex, site)."""
     labelled = table[table["split"].isin(["train", "val"])]
     encoding = metadata_encoding(labelled)
     if encoding is None:
@@ -272,8 +280,7 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=N
     centre = features.nanmean(0)
     scale = torch.where(words, torch.ones_like(centre), nan_std(features).clamp(min=1e-6))
     # 1. The metadata alone: every weight pulled towards 0 (no evidence), the bias free (1e-6).
-    held = [word_strength if word and word_strength is not None else strength
-            for word in words.tolist()]
+    held = [word_strength if word else strength for word in words.tolist()]
     labels = torch.tensor(labelled["label"].values)
     weights = logistic_regression(standardise(features, centre, scale), labels,
                                   torch.zeros(len(held) + 1), torch.tensor([1e-6] + held))[1:]
@@ -365,12 +372,15 @@ def note(fusions, table):
     known = [f"{field} (known for {int(table[field].notna().sum())} of {len(table)})"
              for field in present]
     absent = [field for field in fields if field not in present]
+    unlearnt = [column for column in evidence_columns(table)
+                if column not in fields and table[column].notna().any()]
     shifted = metadata_shift(fusion, table)
     warning = (f"warning: this metadata is unlike the training set's ({'; '.join(shifted)}): "
                "the fusion's priors may not hold here; compare the AUC of the images alone\n"
                if shifted else "")
     return (f"{warning}metadata used: {', '.join(known)}" +
-            (f"; not in this data, so unknown: {', '.join(absent)}" if absent else ""))
+            (f"; not in this data, so unknown: {', '.join(absent)}" if absent else "") +
+            (f"; never in the training data, so ignored: {', '.join(unlearnt)}" if unlearnt else ""))
 
 
 # --- 6. Priors that may not travel ---------------------------------------------------------------
@@ -384,7 +394,8 @@ SHIFTED_MEAN = 1.0   # a number whose mean lies this many training standard devi
 
 def metadata_shift(fusion, table):
     """The features whose values here lie far from the training set's (the fusion's centre: each
-    word's share, each number's mean), each as 'feature: here against training'."""
+    word's share, each number's mean), each as 'feature: here against training', and the words
+    common here that training never saw (scored as unknown)."""
     here = metadata_features(table, fusion).nanmean(0).tolist()
     shifted = []
     for name, mean, centre, scale in zip(fusion["features"], here, fusion["centre"],
@@ -395,6 +406,13 @@ def metadata_shift(fusion, table):
             shifted.append(f"{name} {mean:.0%} of the known values against {centre:.0%}")
         elif ": " not in name and abs(mean - centre) >= SHIFTED_MEAN * scale:
             shifted.append(f"{name} {mean:.3g} on average against {centre:.3g}")
+    for column, vocabulary in fusion["vocabulary"].items():
+        words = set({"sex": SEXES, "site": SITES}[column].values())
+        known = table[column][table[column].isin(words)] if column in table else pd.Series()
+        for word, share in known[~known.isin(vocabulary)].value_counts().items():
+            if share / len(known) >= SHIFTED_SHARE:
+                shifted.append(f"{column}: {word} {share / len(known):.0%} of the known values, "
+                               "never seen in training")
     return shifted
 
 
