@@ -95,7 +95,12 @@ class Models:
         normalisation and test-time augmentation) and, if it was trained with metadata, weighs the
         table's age, sex and site beside them (chapters/metadata.py); an ensemble's probability is
         the mean of its members'. A split, a folder to predict and a single image all come here."""
-        image_alone, fused = [], []
+        image_alone, labels = self.score_images(table, batch_size)
+        return self.fuse(image_alone, table), mean_over_models(image_alone), labels
+
+    def score_images(self, table, batch_size=None):
+        """Each member's P(malignant) from the images alone, and the labels."""
+        image_alone = []
         for index, (model, info) in enumerate(self.members):
             loader = DataLoader(CustomDataset(table, self.transform(index)),
                                 batch_size or self.batch_size, shuffle=False,
@@ -103,16 +108,23 @@ class Models:
             with autocast(self.precision, self.device):
                 probabilities, labels = predict(model, loader, self.device, info["tta"])
             image_alone.append(probabilities)
-            fused.append(metadata.apply(info.get("fusion"), probabilities, table))
-        return mean_over_models(fused), mean_over_models(image_alone), labels
+        return image_alone, labels
+
+    def fuse(self, image_alone, table):
+        """The members' image-alone probabilities with each one's metadata weighed in, averaged."""
+        return mean_over_models([metadata.apply(info.get("fusion"), probabilities, table)
+                                 for probabilities, (_, info) in zip(image_alone, self.members)])
 
     def refit_fusion(self, table):
         """Each member's fusion refitted on these labelled images, a new clinic's (an ensemble's
-        members on their mean image-alone probabilities): chapters/metadata.py, refit_fusion."""
-        _, image_alone, labels = self.score(table)
+        members on their mean image-alone probabilities): chapters/metadata.py, refit_fusion.
+        Returns the refitted fusions' P(malignant) for these images, and their labels."""
+        image_alone, labels = self.score_images(table)
+        mean = mean_over_models(image_alone)
         for _, info in self.members:
             if info.get("fusion"):
-                info["fusion"] = metadata.refit_fusion(info["fusion"], image_alone, table, labels)
+                info["fusion"] = metadata.refit_fusion(info["fusion"], mean, table, labels)
+        return self.fuse(image_alone, table), labels
 
     def metadata_note(self, table):
         return metadata.note([info.get("fusion") for _, info in self.members], table)
@@ -156,9 +168,10 @@ def decision_threshold(args, models):
                               args.target_sensitivity)
     table = read_labels(args.threshold_from)
     if args.refit_fusion:  # this clinic's population: its own base rate and metadata priors
-        models.refit_fusion(table)
+        probabilities, labels = models.refit_fusion(table)
         print(f"the metadata's fusion refitted on the {len(table)} images of {args.threshold_from}")
-    probabilities, _, labels = models.score(table)
+    else:
+        probabilities, _, labels = models.score(table)
     threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
     print(f"threshold {threshold:.3g}, chosen on the {len(labels)} images of {args.threshold_from}")
     return threshold

@@ -38,6 +38,7 @@ Usage (a 2-core CPU: about 10 minutes; --large 3000x2000 about 15):
   python benchmarks/speed.py --predict benchmarks/out/quality/budget-0/model-70a272b438.pt   # after quality.py
 """
 import argparse
+import copy
 import io
 import os
 import random
@@ -479,8 +480,16 @@ def predictors(model, info, loader):
             rate, _ = timed(lambda: model(sample), 16, cpu, rounds=1)
         print(f"PyTorch bfloat16 autocast: left out, this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
               f"emulated, the model alone runs {rate:.1f} images/s")
-    runtime = RuntimeModel(Network(model), example_images(loader.dataset.transform, info["img_size"]))
+    example = example_images(loader.dataset.transform, info["img_size"])
+    runtime = RuntimeModel(Network(model), example)
     found["ONNX Runtime float32"] = lambda tta: predict(runtime, loader, cpu, tta)
+    # The memory layout, and TorchScript frozen for inference (batch norm folded into the convolutions).
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    found["PyTorch float32 channels_last"] = lambda tta: predict(channels_last, loader, cpu, tta)
+    with torch.inference_mode(False):
+        traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    found["TorchScript float32 frozen"] = lambda tta: predict(frozen, loader, cpu, tta)
     return found
 
 
