@@ -171,7 +171,8 @@ def build_loaders(train_set, val_set, sampler, batch_size, workers=0, seed=0):
     """
     # The generator seeds the worker processes' random augmentations: same seed, same augmentations.
     generator = torch.Generator().manual_seed(seed)
-    # drop_last: a final batch of one image would break BatchNorm's batch statistics.
+    # drop_last: each epoch's last, partial batch is left out (a batch of one image would leave
+    # BatchNorm no statistics to take); the order is shuffled, so other images each epoch.
     train_loader = DataLoader(train_set, batch_size, sampler=sampler, generator=generator,
                               drop_last=len(sampler) > batch_size, **loader_options(workers))
     return train_loader, DataLoader(val_set, batch_size, shuffle=False, **loader_options(workers))

@@ -5,58 +5,36 @@ Accuracy alone misleads here: when 17 % of lesions are malignant, calling everyt
   sensitivity (recall)  share of malignant lesions caught    - a missed melanoma is the costly error
   specificity           share of benign lesions left alone   - each false alarm is a biopsy
   balanced accuracy     their mean: 0.5 is chance, whatever the class ratio
-  precision, F1, accuracy, and the confusion matrix
-and, over all thresholds at once:
-  ROC AUC               chance that a random malignant image scores above a random benign one
-                        (defined in train.py, where validation first needs it)
-  pAUC above 80 % TPR   the ISIC 2024 challenge metric: area under the ROC curve where sensitivity
-                        is at least 80 %, the only region a screening tool can use (0 to 0.2)
+  precision, F1, accuracy, and the confusion matrix they all come from
+and, over all thresholds at once, the ROC curve and its area (AUC: the chance that a random
+malignant image scores above a random benign one), defined in train.py, where validation first
+needs them.
 
 The threshold is chosen on the validation images' predictions that the checkpoint carries: the one
 with the best balanced accuracy, or with --target-sensitivity the highest that catches that share of
 malignant lesions. Thresholds do not travel well to another clinic's images: --threshold-from
-chooses it on a few dozen of that clinic's own labelled images instead, and --refit-fusion refits
-the metadata's fusion on them too, for a population whose sites or ages carry melanoma otherwise.
+chooses it on a few dozen of that clinic's own labelled images instead.
 Writes OUT/metrics.json, OUT/predictions.csv, OUT/confusion_matrix.png, OUT/roc.png and
 OUT/grad_cam.png (where the model looked, on its most confident hits and misses).
 
-A model trained with metadata (train.py's late fusion) weighs each image's age, sex and body site
-beside it, wherever the data has them, and as unknown where it does not: the report names the fields
-used, and gives the AUC of the images alone beside the fused one.
-
---predict scores images without labels instead, exactly as a split is scored, and writes
-OUT/submission.csv (isic_id, target: the probability of malignancy), as the ISIC 2024 challenge
-takes it. PATH is a metadata CSV (its rows in order; the images in an HDF5 file beside it, as
-test-metadata.csv has test-image.hdf5, or as files beside it, in images/ or in test-image/image/),
-an HDF5 file (every key, sorted) or a folder of image files (sorted by name, each named after
-its file).
-
---export FILE.onnx writes the model as one ONNX graph instead, for use without this project (ONNX
-Runtime runs it from Python, C++, JavaScript...): normalised images in (and the metadata features,
-for a model that weighs them), P(malignant) out, a fold ensemble's models averaged inside, and in
-its metadata_props all it takes to feed it. It is checked against PyTorch before it is kept. The
-README shows it in use.
+Beyond the lesson, each a chapter that adds its own options (--help lists them): the ISIC 2024
+challenge's metric, pAUC above 80 % TPR (partial_auc.py); the metadata (metadata.py: --refit-fusion,
+and --age, --sex, --site with --image); scoring images that have no label (unlabelled.py: --image,
+--predict); the model as one ONNX file (onnx_export.py: --export); the hardware (hardware.py).
 
 Examples:
   python evaluate.py checkpoints/baseline.pt
   python evaluate.py checkpoints/resnet.pt --data data/uda --split test --out reports/uda
-  python evaluate.py checkpoints/resnet.pt --image lesion.jpg --age 62 --sex female \
-      --site "lower extremity"
-  python evaluate.py checkpoints/resnet.pt --target-sensitivity 0.9  # a screening operating point
-  python evaluate.py checkpoints/efficientnet_lite0.pt checkpoints/lite0-1.pt  # a two-seed ensemble
-  python evaluate.py checkpoints/resnet.pt --image lesion.jpg \
-      --threshold-from data/clinic-50                                # a new clinic
-  python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/clinic \
-      --threshold-from data/clinic-50 --refit-fusion                 # and its own priors
-  python evaluate.py checkpoints/isic2024.pt \
-      --predict ../isic-2024/test-metadata.csv                       # a Kaggle submission
-  python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos  # an image folder
-  python evaluate.py checkpoints/resnet.pt --export resnet.onnx      # for ONNX Runtime
+  python evaluate.py checkpoints/resnet.pt --target-sensitivity 0.9 \
+      --out reports/resnet-screening                                 # a screening operating point
+  python evaluate.py checkpoints/efficientnet_lite0.pt checkpoints/lite0-1.pt \
+      --out reports/two-seeds                                        # a two-seed ensemble
 """
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -64,12 +42,65 @@ from torch.utils.data import DataLoader
 
 from chapters import metadata, onnx_export, unlabelled
 from chapters.grad_cam import draw_grad_cam_gallery
-from chapters.hardware import autocast, choose_precision, pick_device, worker_count
-from chapters.metrics import all_metrics, choose_threshold, roc_auc, roc_curve, threshold_metrics
+from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count
+from chapters.partial_auc import partial_auc
 from dataset import CustomDataset, build_transforms, loader_options, read_labels, read_split
 from helpers.charts import draw_confusion_matrix, draw_roc
 from helpers.files import DataError, Parser, number, save_atomically, stop
 from model import load_checkpoint, predict
+from train import roc_auc, roc_curve
+
+
+# --- The metrics at one threshold: the confusion matrix, and what it gives ------------------------
+# labels are 0/1 (1 = malignant) and probabilities the model's P(malignant); an image is called
+# malignant when its probability is at least the threshold. A ratio with nothing to divide by is
+# NaN (undefined).
+
+def ratio(numerator, denominator):
+    return numerator / denominator if denominator else math.nan
+
+
+def confusion_matrix(labels, predictions):
+    """[[TN, FP], [FN, TP]]: rows are the truth (benign, malignant), columns the prediction."""
+    matrix = [[0, 0], [0, 0]]
+    for truth, predicted in zip(labels, predictions):
+        matrix[truth][predicted] += 1
+    return matrix
+
+
+def threshold_metrics(labels, probabilities, threshold):
+    """The metrics that depend on where the threshold is put."""
+    matrix = confusion_matrix(labels, [int(p >= threshold) for p in probabilities])
+    (tn, fp), (fn, tp) = matrix
+    recall, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    return {"accuracy": ratio(tp + tn, tp + tn + fp + fn),
+            "balanced_accuracy": (recall + specificity) / 2,
+            "precision": ratio(tp, tp + fp), "recall": recall, "specificity": specificity,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "confusion_matrix": matrix}
+
+
+def choose_threshold(labels, probabilities, target_sensitivity=None):
+    """The threshold with the best balanced accuracy (0.5 when one class is missing); with
+    target_sensitivity, the highest threshold that catches at least that share of
+    malignant images."""
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    if not fpr:
+        return 0.5
+    if target_sensitivity is not None:
+        # The curve climbs as the threshold falls: take the first point high enough.
+        return next(t for t, sensitivity in zip(thresholds, tpr)
+                    if sensitivity >= target_sensitivity)
+    best = max(range(1, len(fpr)), key=lambda i: tpr[i] - fpr[i])  # = 2 * balanced accuracy - 1
+    return thresholds[best]
+
+
+def all_metrics(labels, probabilities, threshold):
+    """The report's metrics: those at the threshold and, over every threshold, the ROC AUC and the
+    ISIC 2024 challenge's pAUC above 80 % sensitivity (chapters/partial_auc.py)."""
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    return {**threshold_metrics(labels, probabilities, threshold),
+            "auc": roc_auc(labels, probabilities), "pauc_80": partial_auc(fpr, tpr),
+            "n": len(labels), "threshold": threshold}
 
 
 # --- Scoring: one model, or several averaged ------------------------------------------------------
@@ -115,17 +146,6 @@ class Models:
         return mean_over_models([metadata.apply(info.get("fusion"), probabilities, table)
                                  for probabilities, (_, info) in zip(image_alone, self.members)])
 
-    def refit_fusion(self, table):
-        """Each member's fusion refitted on these labelled images, a new clinic's (an ensemble's
-        members on their mean image-alone probabilities): chapters/metadata.py, refit_fusion.
-        Returns the refitted fusions' P(malignant) for these images, and their labels."""
-        image_alone, labels = self.score_images(table)
-        mean = mean_over_models(image_alone)
-        for _, info in self.members:
-            if info.get("fusion"):
-                info["fusion"] = metadata.refit_fusion(info["fusion"], mean, table, labels)
-        return self.fuse(image_alone, table), labels
-
     def metadata_note(self, table):
         return metadata.note([info.get("fusion") for _, info in self.members], table)
 
@@ -156,24 +176,34 @@ def pick_threshold(checkpoints, names, target_sensitivity=None):
             raise ValueError(f"{name} was validated on other images than {names[0]}: an ensemble's "
                              "threshold needs models trained on the same data folder (for "
                              "instance, with different --seed)")
-    mean = mean_over_models([validation["probability"] for validation in validations])
+    # As the models will score: with the metadata weighed in, where they were trained with it.
+    mean = mean_over_models([validation.get("fused_probability", validation["image_probability"])
+                             for validation in validations])
     return choose_threshold(validations[0]["label"], mean, target_sensitivity)
 
 
-def decision_threshold(args, models):
+class Clinic(NamedTuple):
+    """--threshold-from: a new clinic's labelled images, scored once by the images alone."""
+    table: pd.DataFrame
+    image_alone: list  # each member's P(malignant) from the images alone
+    labels: list
+
+
+def score_clinic(data, models):
+    table = read_labels(data)
+    return Clinic(table, *models.score_images(table))
+
+
+def decision_threshold(args, models, clinic=None):
     """pick_threshold's, or with --threshold-from one chosen on a new clinic's own labelled images:
     a threshold travels worse than a ranking."""
-    if not args.threshold_from:
+    if clinic is None:
         return pick_threshold([info for _, info in models.members], args.checkpoints,
                               args.target_sensitivity)
-    table = read_labels(args.threshold_from)
-    if args.refit_fusion:  # this clinic's population: its own base rate and metadata priors
-        probabilities, labels = models.refit_fusion(table)
-        print(f"the metadata's fusion refitted on the {len(table)} images of {args.threshold_from}")
-    else:
-        probabilities, _, labels = models.score(table)
-    threshold = choose_threshold(labels, probabilities, args.target_sensitivity)
-    print(f"threshold {threshold:.3g}, chosen on the {len(labels)} images of {args.threshold_from}")
+    probabilities = models.fuse(clinic.image_alone, clinic.table)
+    threshold = choose_threshold(clinic.labels, probabilities, args.target_sensitivity)
+    print(f"threshold {threshold:.3g}, chosen on the {len(clinic.labels)} images of "
+          f"{args.threshold_from}")
     return threshold
 
 
@@ -244,63 +274,31 @@ def write_report(out, report, metrics, table, probabilities, labels, image_alone
 
 def parse_arguments():
     parser = Parser(__doc__)
-    parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                        help="a .pt file written by train.py; with several, "
-                             "their probabilities are averaged")
-    parser.add_argument("--data", default=None,
-                        help="folder with labels.csv (default: the one trained on)")
-    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--out", default=None,
-                        help="folder for the report (default: reports/<checkpoint name>)")
-    given = parser.add_mutually_exclusive_group()
-    given.add_argument("--image", default=None, help="classify this one image instead")
-    given.add_argument("--predict", default=None, metavar="PATH",
-                       help="write OUT/submission.csv (isic_id, target) for images without labels: "
-                            "a metadata CSV, an HDF5 file or a folder of images (see above)")
-    given.add_argument("--export", default=None, metavar="FILE.onnx",
-                       help="write the model as one ONNX graph, for ONNX Runtime (see above)")
-    parser.add_argument("--skip-unreadable", action="store_true",
-                        help="with --predict: score the images that can be read, leave the others "
-                             "out of submission.csv and list them in OUT/unreadable.csv (by "
-                             "default any unreadable image stops the run, as a submission needs "
-                             "every row)")
-    parser.add_argument("--no-tta", action="store_true",
-                        help="score each image once, not as the mean of its 8 rotated and mirrored "
-                             "views the checkpoint was validated with: 8 times faster, as the ONNX "
-                             "export scores")
-    parser.add_argument("--age", default=None,
-                        help="with --image: the patient's age in years, if known")
-    parser.add_argument("--sex", default=None, help="with --image: female or male, if known")
-    sites = ", ".join(sorted(set(metadata.SITES.values())))
-    parser.add_argument("--site", default=None,
-                        help=f"with --image: the body site, in the ISIC Archive's words ({sites}) "
-                             "or HAM10000's, if known")
-    parser.add_argument("--target-sensitivity", type=number(float, 0, 1, low_open=True),
-                        default=None, metavar="S",
-                        help="use the highest threshold that caught this share of the validation "
-                             "images' malignant lesions (e.g. 0.9 for screening) instead of the "
-                             "best balanced accuracy")
-    parser.add_argument("--threshold-from", default=None, metavar="DATA",
-                        help="choose the threshold on every labelled image of this prepared folder "
-                             "instead: for a new clinic, a few dozen of its own images (scored by "
-                             "the same models)")
-    parser.add_argument("--refit-fusion", action="store_true",
-                        help="with --threshold-from: refit the metadata's fusion on those images "
-                             "too (the bias, and each weight held near its trained value), for a "
-                             "clinic whose population differs from the training one")
-    parser.add_argument("--batch-size", type=number(int, 1), default=64,
-                        help="images read at a time")
-    parser.add_argument("--workers", type=number(int, 0), default=None,
-                        help="DataLoader worker processes (default: as train.py chooses them)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: score in bfloat16 autocast, about twice as fast on a CPU with "
-                             "AVX512-BF16 or AMX, probabilities a little different (docs/SPEED.md)")
+    add = parser.add_argument
+    add("checkpoints", nargs="+", metavar="checkpoint",
+        help="a .pt file written by train.py; with several, their probabilities are averaged")
+    add("--data", default=None, help="folder with labels.csv (default: the one trained on)")
+    add("--split", default="test", help="train, val or test (default: test)")
+    add("--out", default=None, help="folder for the report (default: reports/<checkpoint name>)")
+    add("--target-sensitivity", type=number(float, 0, 1, low_open=True), default=None,
+        metavar="S", help="use the highest threshold that caught this share of the validation "
+                          "images' malignant lesions (e.g. 0.9 for screening) instead of the "
+                          "best balanced accuracy")
+    add("--threshold-from", default=None, metavar="DATA",
+        help="choose the threshold on every labelled image of this prepared folder instead: for "
+             "a new clinic, a few dozen of its own images (scored by the same models)")
+    add("--no-tta", action="store_true",
+        help="score each image once, not as the mean of its 8 rotated and mirrored views the "
+             "checkpoint was validated with: 8 times faster, as the ONNX export scores")
+    add("--batch-size", type=number(int, 1), default=64, help="images read at a time")
+    instead = parser.add_mutually_exclusive_group()  # of the report on a split
+    unlabelled.add_options(parser, instead)
+    onnx_export.add_options(instead)
+    metadata.add_evaluation_options(parser)
+    Hardware.add_evaluation_options(parser)
     args = parser.parse_args()
-    if args.skip_unreadable and not args.predict:
-        parser.error("--skip-unreadable goes with --predict")
-    if args.refit_fusion and not args.threshold_from:
-        parser.error("--refit-fusion needs --threshold-from DATA, the labelled images to refit on")
+    unlabelled.refuse_conflicts(args, parser)
+    metadata.refuse_conflicts(args, parser)
     return args
 
 
@@ -308,7 +306,13 @@ def main():
     args = parse_arguments()
     try:
         models = load_models(args, pick_device(args.device))
-        threshold = decision_threshold(args, models)
+        clinic = score_clinic(args.threshold_from, models) if args.threshold_from else None
+        if args.refit_fusion:  # the clinic's own priors: from here on, every image is fused so
+            metadata.refit_for_clinic(models.members, clinic.table,
+                                      mean_over_models(clinic.image_alone), clinic.labels)
+            print(f"the metadata's fusion refitted on the {len(clinic.table)} images of "
+                  f"{args.threshold_from}")
+        threshold = decision_threshold(args, models, clinic)
         if args.export:  # the model as one ONNX file, for use without this project
             return onnx_export.export(models, threshold, args.export)
         out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)

@@ -248,6 +248,12 @@ def predict(model, loader, device, tta=False):
 # strings, lists and dicts, so it can be loaded with weights_only=True, which refuses any file that
 # would run code while it is unpickled.
 
+def copy_of_weights(model):
+    """The model's weights (and batch-norm statistics), copied to the CPU: safe from further
+    training."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
 def save_checkpoint(path, state_dict, **info):
     """Write weights and `info` (model=name, img_size=..., ...) to path, atomically."""
     # Atomic: a crash mid-save leaves the previous checkpoint intact.
@@ -274,6 +280,11 @@ def read_checkpoint(path, device="cpu"):
     if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
         raise ValueError(f"{path} is not a checkpoint written by train.py (it lacks one of "
                          f"{sorted(expected)})")
+    held_out = checkpoint["val_predictions"]
+    if "probability" in held_out:  # written before each probability said whose it is: the fused
+        # one where the image model's stood beside it, else the image model's
+        whose = "fused_probability" if "image_probability" in held_out else "image_probability"
+        held_out[whose] = held_out.pop("probability")
     return checkpoint
 
 

@@ -8,26 +8,22 @@ patient and no byte-identical file ever sits on two sides of the split.
 Reads (detected from the CSV's columns, or from the folder):
   HAM10000            HAM10000_metadata.csv: image_id, dx, lesion_id;   images/<image_id>.jpg
   ISIC Archive        metadata.csv: isic_id + benign_malignant or diagnosis_1;  <isic_id>.jpg
-  ISIC 2024 (Kaggle)  train-metadata.csv: isic_id, target, patient_id;  train-image.hdf5 (one
-                      JPEG per isic_id) or train-image/image/<isic_id>.jpg
+  ISIC 2024 (Kaggle)  train-metadata.csv, train-image.hdf5: chapters/isic2024.py
   folder per class    benign/*.jpg, malignant/*.jpg
   synthetic           a built-in set of drawn lesions, so everything runs offline with no data
-With no --source (or --source isic-archive) it first downloads a subset of the public ISIC Archive,
-by default 400 dermoscopic images (200 benign, 200 malignant: the archive lists its oldest images
-first, and most of those are benign) as 256 px thumbnails, into OUT/isic-archive-thumbnail/ in the
-layout the official isic-cli writes, and reads that; a second run fetches only what is missing.
+With no --source it first downloads 400 dermoscopic images of the public ISIC Archive, half of each
+class, as 256 px thumbnails (helpers/isic_archive.py; --query, --isic-size, --max-images).
 Writes OUT/labels.csv with columns isic_id, image_path, label, split, group, diagnosis, cached_path
 (a resized copy in OUT/resized-256/, made for each image larger than that; see --copy-size), and
-the metadata that is evidence where the CSV has it: age, sex, site (and ISIC 2024's
-lesion measurements).
+the metadata that is evidence where the CSV has it (chapters/metadata.py).
 
 Examples:
   python prepare_data.py                                  # 400 ISIC Archive images (needs internet)
-  python prepare_data.py --source isic-archive --max-images 1000 --no-balanced --isic-size full
-  python prepare_data.py --source synthetic
+  python prepare_data.py --source isic-archive --max-images 1000 --no-balanced --isic-size full \
+      --out data/isic-1000
+  python prepare_data.py --source synthetic --out data/drawn
   python prepare_data.py --source ../shared/data/ham10000 --out data/ham --max-images 400 --balanced
   python prepare_data.py --source ../shared/data/isic_uda --out data/uda --test-only
-  python prepare_data.py --source ../isic-2024 --out data/isic2024  # ISIC 2024, as Kaggle ships it
   python prepare_data.py --source ../clinic --out data/clinic-50 \
       --test-only                                         # 50 labelled images of a new clinic
 """
@@ -41,9 +37,9 @@ import pandas as pd
 from chapters import isic2024, metadata
 from helpers import isic_archive
 from helpers.files import DataError, Parser, number, report_skipped, save_atomically, stop
-from helpers.images import IMAGE_SUFFIXES, add_resized_copies, find_images, inspect_images
-from helpers.synthetic import make_synthetic
-from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
+from helpers.images import IMAGE_SUFFIXES, add_resized_copies, find_images
+from helpers.synthetic import add_synthetic_options, make_synthetic
+from helpers.tables import keep_readable_images, read_metadata, refuse_paths_outside
 
 # HAM10000's seven diagnoses. Actinic keratosis / intra-epithelial carcinoma (akiec) is neither
 # cleanly benign nor malignant, so it is left out rather than forced into a class.
@@ -146,21 +142,8 @@ def drop_unusable(table, out):
     report_skipped("listed twice (kept once)", table.loc[table["isic_id"].duplicated(), "isic_id"])
     table = table.drop_duplicates("isic_id")
 
-    results = inspect_images(table["image_path"])
-    table["sha1"] = [sha1 for sha1, _, _ in results]
-    table["shorter_side"] = [side for _, _, side in results]
-    reasons = pd.Series([reason for _, reason, _ in results], index=table.index)
-    report_skipped("image file missing", table.loc[reasons == "missing", "isic_id"])
-    unreadable = reasons.notna() & (reasons != "missing")
-    report_skipped("image file unreadable",
-                   [f"{i} {why}" for i, why in zip(table.loc[unreadable, "isic_id"],
-                                                   reasons[unreadable])])
-    skipped = reasons.notna()
-    write_unreadable(out / "unreadable.csv", table.loc[skipped, "isic_id"],
-                     table.loc[skipped, "image_path"], reasons[skipped])
-    if skipped.any():
-        print(f"the {skipped.sum()} images left out are listed in {out / 'unreadable.csv'}")
-    table = table[~skipped]
+    # Every image opened and decoded (helpers/tables.py); those that fail are named and listed.
+    table = keep_readable_images(table, out / "unreadable.csv")
     refuse_label_conflicts(table)
     if table.empty:
         raise DataError("no usable rows remain: every row lacked a benign/malignant label or a "
@@ -276,34 +259,27 @@ def print_counts(table):
 
 def parse_arguments():
     parser = Parser(__doc__)
-    parser.add_argument("--source", default="isic-archive",
-                        help="'isic-archive' (the default: download from it), "
-                             "'synthetic' (offline), a metadata CSV or a data folder")
-    parser.add_argument("--out", default="data", help="folder for labels.csv (default: data)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for the subset, the split and the synthetic set")
-    parser.add_argument("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
-                        help="share of the groups (lesions, patients) for validation")
-    parser.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
-                        help="share of the groups for the test split")
-    parser.add_argument("--test-only", action="store_true",
-                        help="put every row in 'test' (an external test set)")
-    parser.add_argument("--max-images", type=number(int, 2), default=None,
-                        help="draw a stratified subset of this size (isic-archive: download this "
-                             f"many, default {isic_archive.ISIC_MAX_IMAGES})")
-    parser.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
-                        help="about half of each class, in the subset or download (default: on for "
-                             "isic-archive, whose oldest matches are mostly benign; off for your "
-                             "own data, whose ratio is kept)")
+    add = parser.add_argument
+    add("--source", default="isic-archive", help="'isic-archive' (the default: download from it), "
+        "'synthetic' (offline), a metadata CSV or a data folder")
+    add("--out", default="data", help="folder for labels.csv (default: data)")
+    add("--seed", type=int, default=0, help="seed for the subset, the split and the synthetic set")
+    add("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
+        help="share of the groups (lesions, patients) for validation")
+    add("--test-fraction", type=number(float, 0, 1, low_open=True), default=0.15,
+        help="share of the groups for the test split")
+    add("--test-only", action="store_true", help="put every row in 'test' (an external test set)")
+    add("--max-images", type=number(int, 2), default=None, help="draw a stratified subset of this "
+        f"size (isic-archive: download this many, default {isic_archive.ISIC_MAX_IMAGES})")
+    add("--balanced", action=argparse.BooleanOptionalAction, default=None,
+        help="about half of each class, in the subset or download (default: on for isic-archive, "
+             "whose oldest matches are mostly benign; off for your own data, whose ratio is kept)")
+    add("--copy-size", type=number(int, 0), default=256, metavar="PX",
+        help="store a copy of every larger image, its shorter side this long, for training to read "
+             "instead of decoding the original each epoch; keep it above --img-size (default 256; "
+             "0: always read the originals)")
     isic_archive.add_options(parser)  # --query, --isic-size, --isic-api: what to download
-    parser.add_argument("--copy-size", type=number(int, 0), default=256, metavar="PX",
-                        help="store a copy of every larger image, its shorter side this long, for "
-                             "training to read instead of decoding the original each epoch; keep "
-                             "it above --img-size (default 256; 0: always read the originals)")
-    parser.add_argument("--synthetic-count", type=number(int, 20), default=600,
-                        help="images in the synthetic set")
-    parser.add_argument("--synthetic-size", type=number(int, 32), default=128,
-                        help="side of a drawn image, in pixels")
+    add_synthetic_options(parser)     # --synthetic-count, --synthetic-size
     args = parser.parse_args()
     if not args.test_only and args.val_fraction + args.test_fraction >= 1:
         parser.error("--val-fraction and --test-fraction leave nothing to train on; "

@@ -27,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chapters.metadata import fit_late_fusion, fused_probabilities, refit_fusion, rows_of  # noqa: E402
-from chapters.metrics import roc_auc  # noqa: E402
+from train import roc_auc  # noqa: E402
 from dataset import read_labels  # noqa: E402
 from model import read_checkpoint  # noqa: E402
 

@@ -19,7 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chapters.metadata import FUSION_STRENGTH, fit_late_fusion, fused_probabilities  # noqa: E402
-from chapters.metrics import roc_auc  # noqa: E402
+from train import roc_auc  # noqa: E402
 from dataset import read_labels  # noqa: E402
 from model import read_checkpoint  # noqa: E402
 

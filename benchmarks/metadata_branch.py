@@ -18,7 +18,7 @@ every field would not know what to make of their absence.
 Training is train.py's default for the pretrained model: Adam, lr 3e-4, weight decay 1e-4, batch 32, a cosine
 schedule stepped every batch over 15 epochs, 128 px, cross-entropy, the epoch with the best validation AUC
 (8 views each) kept, stopping after 5 epochs without gain. The threshold is the one with the best balanced
-accuracy on the validation predictions (chapters.metrics.choose_threshold). Each seed's model is scored with
+accuracy on the validation predictions (evaluate.choose_threshold). Each seed's model is scored with
 its 8 views (the mean probability; the metadata the same for every view) on the HAM10000 development and
 test pools and ISIC UDA: AUC, and balanced accuracy at that threshold.
 
@@ -50,7 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chapters.metadata import metadata_encoding, metadata_features, nan_std, standardise  # noqa: E402
-from chapters.metrics import choose_threshold, roc_auc, summarise, threshold_metrics  # noqa: E402
+from evaluate import choose_threshold, threshold_metrics  # noqa: E402
+from train import roc_auc, summarise  # noqa: E402
 from dataset import CustomDataset, EpochSampler, build_transforms, read_labels, read_split  # noqa: E402
 from helpers.files import Progress  # noqa: E402
 from model import build_model, dihedral_views, normalisation  # noqa: E402

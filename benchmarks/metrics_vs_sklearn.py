@@ -1,4 +1,5 @@
-"""Check chapters/metrics.py's hand-written ROC AUC and pAUC against scikit-learn and the ISIC 2024 formula.
+"""Check the hand-written ROC AUC (train.py) and pAUC (chapters/partial_auc.py) against scikit-learn and the
+ISIC 2024 formula.
 
 scikit-learn is not a dependency of the project; install it just for this check:
   python -m pip install scikit-learn && python benchmarks/metrics_vs_sklearn.py
@@ -9,7 +10,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from chapters.metrics import partial_auc, roc_auc  # noqa: E402
+from chapters.partial_auc import partial_auc  # noqa: E402
+from train import roc_auc, roc_curve  # noqa: E402
 
 try:
     import numpy as np
@@ -34,6 +36,6 @@ while cases < 300:
         continue
     scores = [round(rng.random() * 0.5 + 0.4 * label, rng.choice([1, 2, 6])) for label in labels]
     worst_auc = max(worst_auc, abs(roc_auc(labels, scores) - roc_auc_score(labels, scores)))
-    worst_pauc = max(worst_pauc, abs(partial_auc(labels, scores) - isic_2024_pauc(labels, scores)))
+    worst_pauc = max(worst_pauc, abs(partial_auc(*roc_curve(labels, scores)[:2]) - isic_2024_pauc(labels, scores)))
     cases += 1
 print(f"{cases} random cases: largest difference in ROC AUC {worst_auc:.1e}, in pAUC above 80% TPR {worst_pauc:.1e}")

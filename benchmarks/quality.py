@@ -48,7 +48,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from chapters.metrics import choose_threshold, threshold_metrics  # noqa: E402
+from evaluate import choose_threshold, threshold_metrics  # noqa: E402
 from evaluate import pick_threshold  # noqa: E402
 from model import read_checkpoint  # noqa: E402
 

@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count  # noqa: E402
 from chapters.metadata import fused_probabilities  # noqa: E402
-from chapters.metrics import roc_auc  # noqa: E402
+from train import roc_auc  # noqa: E402
 from chapters.onnx_export import Network, example_images, export_onnx, import_onnx  # noqa: E402
 from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, loader_options,  # noqa: E402
                      read_labels, read_split)

@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chapters.metadata import fit_late_fusion, fused_probabilities  # noqa: E402
-from chapters.metrics import roc_auc  # noqa: E402
+from train import roc_auc  # noqa: E402
 
 
 def lesions(world, patients, seed, per_patient=8, malignant_share=0.15):
@@ -47,7 +47,7 @@ def test_auc(world, with_patient, seed):
     if not with_patient:
         train, test = train.drop(columns="patient"), test.drop(columns="patient")
     table = train.assign(split="train")
-    held_out = {"isic_id": train["isic_id"].tolist(), "probability": [0.5] * len(train),
+    held_out = {"isic_id": train["isic_id"].tolist(), "image_probability": [0.5] * len(train),
                 "label": train["label"].tolist()}
     fusion, _ = fit_late_fusion({"val_predictions": held_out}, table)
     return roc_auc(test["label"].tolist(), fused_probabilities(fusion, [0.5] * len(test), test))

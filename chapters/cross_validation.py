@@ -8,22 +8,27 @@ Every labelled image then gets one honest prediction, from the model that never 
 "out-of-fold" prediction), and evaluate.py chooses the threshold on all of them. The test split
 stays out.
 
-How train.py uses it:
-1. for each fold k, `train_and_val` gives the training and validation tables, and train.py's loop
-   trains and saves that fold's model as <checkpoint>-fold<k>.pt (helpers/resume.py: an interrupted
-   run carries on in the fold it was in);
+How train.py uses it (train_folds, handed train.py's train_model):
+1. for each fold k, `train_and_val` gives the training and validation tables, and train.py trains
+   and saves that fold's model as <checkpoint>-fold<k>.pt, with its own -log.csv and -curves.png
+   (helpers/resume.py: an interrupted run carries on in the fold it was in);
 2. `join` makes the K models one checkpoint: their weights side by side, as model.py's FoldEnsemble
    holds them (its output is the mean of their probabilities, so evaluate.py scores it as any
    model), and their out-of-fold predictions, from which the metadata's fusion and the threshold
-   are set.
+   are set. The fold files, now inside it, are deleted.
+
+Example (the README's recommended recipe for a few hundred labels):
+  python train.py --model efficientnet_lite0 --pretrained --folds 5 --patience 0 \
+      --out checkpoints/lite0-folds5.pt
 """
 from pathlib import Path
 
 import pandas as pd
 
-from chapters.metrics import summarise
 from dataset import read_split
-from helpers.files import DataError
+from helpers.files import DataError, number
+from helpers.resume import fold_path, folds_to_train
+from model import read_checkpoint
 from prepare_data import deal_groups
 
 
@@ -55,7 +60,7 @@ def train_and_val(data_dir, fold, folds, seed):
 def join(fold_checkpoints):
     """The kept epoch of a cross-validated run, as train.py saves one: each fold's weights under
     members.<k>. (model.FoldEnsemble's names), the epochs each kept, and the out-of-fold predictions
-    of every train and val image with their loss and AUC."""
+    of every train and val image."""
     folds = list(fold_checkpoints)
     weights = {f"members.{k}.{name}": tensor for k, fold in enumerate(folds)
                for name, tensor in fold["state_dict"].items()}
@@ -64,5 +69,32 @@ def join(fold_checkpoints):
     held_out = pd.concat([pd.DataFrame(fold["val_predictions"])
                           for fold in folds]).sort_values("isic_id")
     val = {"isic_id": held_out["isic_id"].tolist(),
-           **summarise(held_out["probability"].tolist(), held_out["label"].tolist())}
+           "probabilities": held_out["image_probability"].tolist(), "labels": held_out["label"].tolist()}
     return {"epoch": [fold["epoch"] for fold in folds], "weights": weights, "val": val}
+
+
+def add_training_options(parser):
+    parser = parser.add_argument_group("cross-validation (chapters/cross_validation.py)")
+    parser.add_argument("--folds", type=number(int, 1), default=1, metavar="K",
+                        help="cross-validation: K models, each validated on a K-th of the train "
+                             "and val images, in one checkpoint that averages them")
+
+
+def train_folds(args, hardware, interrupted, train_model, save_run):
+    """train.py --folds K: the K models, trained by train.py's train_model (with --resume, from the
+    fold the run stopped in), then joined into one checkpoint by its save_run."""
+    for fold, carry_on in folds_to_train(interrupted, args.folds):
+        print(f"fold {fold} of {args.folds}")
+        tables = train_and_val(args.data, fold, args.folds, args.seed)
+        train_model(args, hardware, *tables, fold_path(args.out, fold), carry_on,
+                    previous=fold_path(args.out, fold - 1) if fold > 1 else None,
+                    draw=fold == 1, fold=fold)  # one picture of what they see, for all folds
+    if hardware.rank == 0:  # the other processes hold the same: one copy is written
+        paths = [fold_path(args.out, fold) for fold in range(1, args.folds + 1)]
+        best = join(read_checkpoint(path) for path in paths)
+        summary = save_run(args, args.out, best, folds=args.folds)
+        for path in paths:  # now inside the one checkpoint
+            path.unlink()
+        print(f"{args.folds} folds, out-of-fold AUC {summary['auc']:.3f} on "
+              f"{len(best['val']['labels'])} images, saved to {args.out}")
+

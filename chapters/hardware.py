@@ -1,8 +1,16 @@
 """Where a model runs, and how fast: the device, the precision, the processes that load images.
 
-train.py and evaluate.py choose all three here; a first reading can take the defaults on trust (the
-CPU, or a GPU when there is one; float32 on a CPU, bfloat16 on a GPU that has it). docs/SPEED.md has
+train.py and evaluate.py choose all three here (--device, --precision, --workers); a first reading
+can take the defaults on trust: the CPU, or a GPU when there is one; train.py in bfloat16 on a GPU
+that has it and float32 elsewhere, evaluate.py in float32 unless --precision bf16 asks. With
+torchrun, train.py trains one model in several processes (helpers/distributed.py). docs/SPEED.md has
 what each choice measured.
+
+Examples:
+  python train.py --model resnet --pretrained --img-size 224 --device cuda \
+      --out checkpoints/resnet224.pt
+  torchrun --nproc_per_node=4 train.py --model resnet --pretrained \
+      --out checkpoints/resnet-ddp.pt                      # 4 GPUs
 """
 import os
 import sys
@@ -11,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from helpers import distributed
+from helpers.files import number
 
 
 def pick_device(name="auto"):
@@ -65,6 +74,16 @@ def worker_count(requested, device):
     return min(8, cores - 1) if device.type == "cuda" else cores // 4
 
 
+def add_options(parser, precision):
+    """--device, --precision (as `precision` says) and --workers."""
+    parser = parser.add_argument_group("the hardware (chapters/hardware.py)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--precision", **precision)
+    parser.add_argument("--workers", type=number(int, 0), default=None,
+                        help="processes that load images (default: chapters/hardware.py, "
+                             "worker_count)")
+
+
 # --- All of it, as train.py carries it ------------------------------------------------------------
 
 @dataclass
@@ -77,6 +96,20 @@ class Hardware:
     rank: int = 0
     world_size: int = 1
     workers: int = 0
+
+    @staticmethod
+    def add_training_options(parser):
+        add_options(parser, precision=dict(
+            choices=("auto", *PRECISIONS), default="auto",
+            help="auto: bf16 on a GPU that supports it, else fp32; fp16 on CUDA only"))
+
+    @staticmethod
+    def add_evaluation_options(parser):
+        # Scored in float32 unless asked: then probabilities do not depend on the machine.
+        add_options(parser, precision=dict(
+            choices=("fp32", "bf16"), default="fp32",
+            help="bf16: score in bfloat16 autocast, about twice as fast on a CPU with "
+                 "AVX512-BF16 or AMX, probabilities a little different (docs/SPEED.md)"))
 
     @classmethod
     def choose(cls, device="auto", precision="auto", workers=None):

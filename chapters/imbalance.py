@@ -13,10 +13,40 @@ Not both: class weights are counted on the training table, so on batches a sampl
 rebalanced they would scale the malignant class a second time (on ISIC 2024, --neg-per-pos 10 with
 --class-weights would weigh each malignant image about 1,000 times a benign one, in batches that
 are already 1 in 11 malignant). train.py refuses the pair (double_correction).
-The metrics that judge the result (AUC, balanced accuracy, sensitivity; chapters/metrics.py) do not
-depend on the class ratio.
+The metrics that judge the result (AUC, balanced accuracy, sensitivity) do not depend on the class
+ratio.
+
+Example (1,000 ISIC Archive images at the archive's own ratio, most of them benign: every malignant
+image and 3 times as many benign ones an epoch; chapters/isic2024.py uses 10 for ISIC 2024):
+  python train.py --data data/isic-1000 --neg-per-pos 3 --out checkpoints/isic-1000-k3.pt
 """
 import torch
+
+from helpers.files import number
+
+
+def add_training_options(parser):
+    add = parser.add_argument_group("class imbalance (chapters/imbalance.py)").add_argument
+    add("--loss", choices=("cross-entropy", "focal"), default="cross-entropy",
+        help="focal: cross-entropy that weighs the images the model already gets right less")
+    add("--class-weights", action="store_true",
+        help="weight the loss by inverse class frequency (not with --balanced-sampler or "
+             "--neg-per-pos, which rebalance already)")
+    add("--balanced-sampler", action="store_true", help="draw each class equally often")
+    add("--neg-per-pos", type=number(int, 1), default=None, metavar="K",
+        help="each epoch, every malignant image and K times as many benign ones, drawn afresh "
+             "(for ISIC 2024's 1:1000)")
+
+
+def refuse_conflicts(args, parser):
+    """Two answers to the imbalance at once stop the run (exit 2) with what to do instead."""
+    if args.balanced_sampler and args.neg_per_pos:
+        parser.exit(2, "error: choose one of --balanced-sampler and --neg-per-pos\n")
+    sampler = double_correction(args)
+    if sampler:  # the loss would weigh the malignant class up again on batches already rebalanced
+        parser.exit(2, f"error: --class-weights with {sampler} corrects the class imbalance "
+                       "twice; choose one: the sampler (rebalanced batches) or the weights "
+                       "(plain batches)\n")
 
 
 def class_weights(train_labels, device):

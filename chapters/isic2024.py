@@ -16,6 +16,12 @@ This module is what the project knows of it:
 evaluate.py --predict test-metadata.csv scores the test set (chapters/unlabelled.py). An image
 inside an HDF5 file is addressed 'FILE.hdf5::KEY' wherever a file path goes (helpers/hdf5.py
 reads it).
+
+Examples (from the competition's folder, as Kaggle ships it, to a submission):
+  python prepare_data.py --source ../isic-2024 --out data/isic2024
+  python train.py --data data/isic2024 --neg-per-pos 10 --model efficientnet_lite0 --pretrained \
+      --out checkpoints/isic2024.pt
+  python evaluate.py checkpoints/isic2024.pt --predict ../isic-2024/test-metadata.csv
 """
 import math
 

@@ -9,6 +9,10 @@ A frozen backbone never changes, so each image's features are computed once, and
 them epoch after epoch: seconds on a CPU, not minutes. The price: no augmentation (each image is
 seen one way) and no test-time augmentation (the validation scores features, not images). train.py
 calls `setup` in place of training the whole model; the rest of its loop is the same.
+
+Example (seconds on a CPU):
+  python train.py --model efficientnet_lite0 --pretrained --freeze-backbone --lr 3e-3 --epochs 100 \
+      --out checkpoints/probe.pt
 """
 import os
 
@@ -18,6 +22,21 @@ import torch
 
 from dataset import CustomDataset, EpochSampler
 from helpers.files import Progress
+
+
+def add_training_options(parser):
+    parser = parser.add_argument_group("the linear probe (chapters/linear_probe.py)")
+    parser.add_argument("--freeze-backbone", action="store_true",
+                        help="with --pretrained: a linear probe, the head trained on each image's "
+                             "features, computed once (seconds on a CPU; no augmentation)")
+
+
+def refuse_conflicts(args, parser):
+    """A probe trains on features computed once from unaugmented images, in one process: what it
+    cannot go with stops the run (exit 2)."""
+    unmet = unmet_needs(args) if args.freeze_backbone else []
+    if unmet:
+        parser.exit(2, f"error: --freeze-backbone needs {'; '.join(unmet)}\n")
 
 
 def unmet_needs(args):

@@ -8,14 +8,18 @@ the probability:
    one vocabulary;
 2. numbers (metadata_features): age in years, each word as a 0/1 column, NaN where unknown;
 3. the fusion (LateFusion): the metadata's log-odds added to the image model's, Bayes' rule;
-4. its fit (train.py, add_late_fusion): a logistic regression by hand, once the image model is
-   trained, and a picture of what it learnt;
+4. its fit (add_late_fusion, which train.py's fuse_metadata calls): a logistic regression by hand,
+   once the image model is trained, and a picture of what it learnt;
 5. its use (evaluate.py, apply and note): every image scored is fused, and the report says
    with what;
 6. priors that may not travel (metadata_shift): a warning when the scored metadata is unlike the
-   training set's.
+   training set's, and a clinic's own refit (evaluate.py --threshold-from DATA --refit-fusion:
+   refit_for_clinic).
+Its options: train.py --no-metadata; evaluate.py --refit-fusion, and --age, --sex, --site with
+--image.
 ISIC 2024's lesion measurements come along as numbers too (chapters/isic2024.py).
 """
+import argparse
 import math
 
 import pandas as pd
@@ -23,8 +27,34 @@ import torch
 from torch import nn
 
 from chapters import isic2024
-from chapters.metrics import roc_auc
 from helpers.charts import draw_odds
+
+def add_training_options(parser):
+    parser = parser.add_argument_group("the metadata (chapters/metadata.py)")
+    parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
+                        help="weigh each image's age, sex and body site (where labels.csv has "
+                             "them) beside the image model: a logistic regression on them, its "
+                             "log-odds added to the image's")
+
+
+def add_evaluation_options(parser):
+    add = parser.add_argument_group("the metadata (chapters/metadata.py)").add_argument
+    add("--age", default=None, help="with --image: the patient's age in years, if known")
+    add("--sex", default=None, help="with --image: female or male, if known")
+    sites = ", ".join(sorted(set(SITES.values())))
+    add("--site", default=None,
+        help=f"with --image: the body site, in the ISIC Archive's words ({sites}) or HAM10000's, "
+             "if known")
+    add("--refit-fusion", action="store_true",
+        help="with --threshold-from: refit the metadata's fusion on those images too (the bias, "
+             "and each weight held near its trained value), for a clinic whose population "
+             "differs from the training one")
+
+
+def refuse_conflicts(args, parser):
+    if args.refit_fusion and not args.threshold_from:
+        parser.error("--refit-fusion needs --threshold-from DATA, the labelled images to refit on")
+
 
 # --- 1. Evidence: the columns that may be read, in one vocabulary ---------------------------------
 # Evidence is what is known when the lesion is photographed, before anyone has diagnosed it. These
@@ -265,7 +295,7 @@ def logistic_regression(inputs, labels, prior, strength, offset=None, steps=50):
 def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=WORD_STRENGTH):
     """A LateFusion, as the dict the checkpoint carries (its metadata weights fitted on every train
     and val image of the table, labels.csv's rows; its bias on the checkpoint's held-out
-    predictions), and those held-out predictions fused: (None, None) when the data has
+    predictions), and the held-out images' fused probabilities: (None, None) when the data has
     no metadata. strength holds the numbers' weights (age, measurements), word_strength the word
     columns' (sex, site)."""
     labelled = table[table["split"].isin(["train", "val"])]
@@ -285,10 +315,9 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=W
     weights = logistic_regression(standardise(features, centre, scale), labels,
                                   torch.zeros(len(held) + 1), torch.tensor([1e-6] + held))[1:]
     # 2. The bias, on the held-out images: each starts from the image model's log-odds plus the
-    # metadata's, and only the shift of that sum is fitted. (A fusion fitted before is fitted again
-    # from the image alone.)
+    # metadata's, and only the shift of that sum is fitted.
     held_out = checkpoint["val_predictions"]
-    image_alone = held_out.get("image_probability", held_out["probability"])
+    image_alone = held_out["image_probability"]
     rows = rows_of(table, held_out["isic_id"])
     summed = torch.logit(torch.tensor(image_alone).clamp(1e-6, 1 - 1e-6)) + standardise(
         metadata_features(rows, encoding), centre, scale) @ weights
@@ -298,8 +327,7 @@ def fit_late_fusion(checkpoint, table, strength=FUSION_STRENGTH, word_strength=W
               "weights": weights.tolist(), "bias": bias.item(), "fitted_on": len(labelled),
               "bias_fitted_on": len(rows)}
     # As evaluate.py will fuse every image it scores.
-    fused = fused_probabilities(fusion, image_alone, rows)
-    return fusion, {**held_out, "probability": fused, "image_probability": image_alone}
+    return fusion, fused_probabilities(fusion, image_alone, rows)
 
 
 def rows_of(table, isic_ids):
@@ -308,23 +336,19 @@ def rows_of(table, isic_ids):
 
 
 def add_late_fusion(checkpoint, table, picture):
-    """train.py, once the image model is trained: fit the fusion on the checkpoint's contents
-    (changed in place: its validation predictions become the fused ones, so that evaluate.py chooses
-    its threshold on what it will score) and draw what it learnt. False, with a note, when the data
-    has no metadata."""
-    fusion, held_out = fit_late_fusion(checkpoint, table)
+    """train.py, once the image model is trained: the fusion fitted on the checkpoint's contents and
+    added to it, with the held-out images' fused probabilities beside the image model's
+    (val_predictions' fused_probability, on which evaluate.py chooses its threshold: what it will
+    score), and a picture of what it learnt. None, with a note, when the data has no metadata."""
+    fusion, fused = fit_late_fusion(checkpoint, table)
     if fusion is None:
         print("no metadata (age, sex, body site) in the training data: "
               "the image model decides alone")
-        return False
-    checkpoint.update(val_predictions=held_out, fusion=fusion)
+        return None
+    checkpoint["val_predictions"]["fused_probability"] = fused
+    checkpoint["fusion"] = fusion
     draw_odds(metadata_odds(fusion), "what the metadata does to the odds of malignancy", picture)
-    alone = roc_auc(held_out["label"], held_out["image_probability"])
-    together = roc_auc(held_out["label"], held_out["probability"])
-    print(f"late fusion with {', '.join(metadata_fields(fusion))}: learnt on {fusion['fitted_on']} "
-          f"labelled images, set on {fusion['bias_fitted_on']} held-out ones, where the AUC is "
-          f"{alone:.3f} for the image alone and {together:.3f} with the metadata")
-    return True
+    return fusion
 
 
 def metadata_odds(fusion):
@@ -434,3 +458,12 @@ def refit_fusion(fusion, image_probabilities, table, labels, strength=LOCAL_STRE
     refitted = logistic_regression(features, torch.tensor(list(labels)), prior, held, offset=offset)
     return {**fusion, "bias": refitted[0].item(), "weights": refitted[1:].tolist(),
             "refitted_on": len(table)}
+
+
+def refit_for_clinic(members, table, image_probabilities, labels):
+    """evaluate.py --refit-fusion: each model's fusion (members: (model, checkpoint entries) pairs)
+    refitted in place on a clinic's labelled images, from their image-alone probabilities (an
+    ensemble's mean): every image scored after this is fused with the clinic's priors."""
+    for _, info in members:
+        if info.get("fusion"):
+            info["fusion"] = refit_fusion(info["fusion"], image_probabilities, table, labels)

@@ -10,6 +10,9 @@ rule, the threshold, the metadata's features in order. Before the file is kept, 
 and must agree with PyTorch; the README shows it in use. It scores each image from one view, as
 evaluate.py --predict --no-tta does.
 Needs the onnx and onnxruntime packages, an extra: python -m pip install -r requirements-onnx.txt
+
+Example:
+  python evaluate.py checkpoints/resnet.pt --export resnet.onnx
 """
 import json
 import math
@@ -41,6 +44,13 @@ METADATA_RULE = ("input 'metadata': float32, shape (images, features), the featu
                  "it is another word of the list, NaN when unknown or another word; 'column vs "
                  "patient' is the value minus the mean of that column over the same patient's "
                  "images being scored, divided by their standard deviation")
+
+
+def add_options(instead):
+    """evaluate.py --export, in `instead`: the group of what is done instead of a report."""
+    instead.add_argument("--export", default=None, metavar="FILE.onnx",
+                         help="write the model as one ONNX graph, for ONNX Runtime "
+                              "(chapters/onnx_export.py)")
 
 
 class Network(nn.Module):

@@ -16,6 +16,13 @@ Either is scored exactly as a split is (evaluate.py's Models.score: the same tra
 augmentation, ensemble and metadata), with a table of the columns a split has: isic_id, load_path
 (the file, or 'FILE.hdf5::KEY' inside an HDF5 file), label (0: unknown, never read) and
 the evidence.
+
+Examples:
+  python evaluate.py checkpoints/resnet.pt --image lesion.jpg --age 62 --sex female \
+      --site "lower extremity" --out reports/lesion-62
+  python evaluate.py checkpoints/resnet.pt --image lesion.jpg \
+      --threshold-from data/clinic-50 --out reports/lesion-clinic    # a new clinic's threshold
+  python evaluate.py checkpoints/resnet.pt --predict photos/ --out reports/photos  # an image folder
 """
 import os
 from pathlib import Path
@@ -30,6 +37,26 @@ from helpers.charts import to_picture
 from helpers.files import DataError, save_atomically, save_image
 from helpers.images import IMAGE_SUFFIXES, find_images, inspect_images
 from helpers.tables import read_metadata, refuse_paths_outside, write_unreadable
+
+
+def add_options(parser, instead):
+    """evaluate.py's options for images without labels; --image and --predict go in `instead`,
+    the group of what is done instead of a report on a split."""
+    instead.add_argument("--image", default=None, help="classify this one image instead")
+    instead.add_argument("--predict", default=None, metavar="PATH",
+                         help="write OUT/submission.csv (isic_id, target) for images without "
+                              "labels: a metadata CSV, an HDF5 file or a folder of images "
+                              "(chapters/unlabelled.py)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="with --predict: score the images that can be read, leave the others "
+                             "out of submission.csv and list them in OUT/unreadable.csv (by "
+                             "default any unreadable image stops the run, as a submission needs "
+                             "every row)")
+
+
+def refuse_conflicts(args, parser):
+    if args.skip_unreadable and not args.predict:
+        parser.error("--skip-unreadable goes with --predict")
 
 
 # --- Which images, in which order -----------------------------------------------------------------

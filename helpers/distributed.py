@@ -38,6 +38,11 @@ def wrap(module, device, world_size):
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
+def unwrap(module):
+    """The module inside wrap's wrapping (to score with: validation needs no averaging of gradients)."""
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
 def agree_after_epoch(model, train_loss, world_size, device):
     """After an epoch every process holds the same weights but its own loss and batch-norm statistics:
     all take the mean loss, and rank 0's statistics (see below). Returns the mean loss."""
@@ -64,7 +69,7 @@ def share_batch_norm_statistics(model, world_size):
 
 def gather(values, world_size):
     """Every process's list of per-image values, joined back into the dataset's order: process k of n
-    scored images k, k + n, k + 2n ... (see dataset.build_loaders). Every process gets the whole list."""
+    scored images k, k + n, k + 2n ... (see train.py's build_run). Every process gets the whole list."""
     if world_size == 1:
         return values
     shares = [None] * world_size

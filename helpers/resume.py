@@ -13,6 +13,9 @@ from types import SimpleNamespace
 
 import torch
 
+from helpers.files import stop
+from model import copy_of_weights, read_checkpoint
+
 
 def arguments_to_resume(args, interrupted, parser):
     """The interrupted run's arguments, except where this machine may differ (device; workers if given).
@@ -45,11 +48,24 @@ def folds_to_train(interrupted, folds):
     return [(fold, interrupted if mid_fold and fold == first else None) for fold in range(first, folds + 1)]
 
 
-def training_state(weights, run, history, best):
+def parse(parser):
+    """The command line; with --resume, the interrupted run's own arguments (except where this machine
+    may differ), and its checkpoint (else None)."""
+    args = parser.parse_args()
+    if not args.resume:
+        return args, None
+    try:
+        interrupted = read_checkpoint(args.resume)
+    except ValueError as error:
+        stop(error)
+    return arguments_to_resume(args, interrupted, parser), interrupted
+
+
+def training_state(run, history, best):
     """What a resumed run needs to carry on after this epoch, as the checkpoint holds it (run: train.py's Run)."""
-    return {"model": weights, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "random": random_state(run.train_loader.generator), "history": history,
-            "best": {key: value for key, value in best.items() if key != "weights"}}
+    return {"model": copy_of_weights(run.network), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "random": random_state(run.train_loader.generator),
+            "history": history, "best": {key: value for key, value in best.items() if key != "weights"}}
 
 
 def random_state(generator):
@@ -59,10 +75,10 @@ def random_state(generator):
 
 
 def restore(interrupted, run):
-    """Put the saved training state back into train.py's Run (weights, optimizer, schedule, random numbers);
-    returns the best epoch so far and the history of the epochs done."""
+    """Put the saved training state back into train.py's Run: weights, optimizer, schedule, random numbers,
+    the history of the epochs done and the best so far."""
     state = interrupted["training_state"]
-    run.model.load_state_dict(state["model"])
+    run.network.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["random"]["torch"])
@@ -70,9 +86,9 @@ def restore(interrupted, run):
     run.train_loader.generator.set_state(state["random"]["loader"])
     if state["random"]["cuda"]:
         torch.cuda.set_rng_state_all(state["random"]["cuda"])
-    run = interrupted["args"]
-    print(f"resuming {run['out']} after epoch {len(state['history'])} of {run['epochs']}")
-    return {**state["best"], "weights": interrupted["state_dict"]}, state["history"]
+    run.best, run.history = {**state["best"], "weights": interrupted["state_dict"]}, state["history"]
+    arguments = interrupted["args"]
+    print(f"resuming {arguments['out']} after epoch {len(state['history'])} of {arguments['epochs']}")
 
 
 def stop_on_sigterm():
@@ -83,22 +99,31 @@ def stop_on_sigterm():
 
 
 @contextmanager
-def on_interrupt(out, fold, saved_epoch=0):
-    """Around the epoch loop: Ctrl-C or SIGTERM ends the run with what was saved and how to carry on.
-    The loop sets `.epoch` of what this yields each time it saves an epoch."""
-    saved = SimpleNamespace(epoch=saved_epoch)
+def resumable(run, interrupted, out, write, previous=None):
+    """Around one model's training (train.py's fit): with --resume, first the interrupted run's state put back
+    into `run`; then it yields save(best, history, finished), which fit calls after every epoch and which
+    writes, with write(best, history, training_state) (None in every process but the first), the checkpoint
+    and, until the run is finished, the state to carry on from. Ctrl-C or SIGTERM then ends the run with what
+    was saved and how to carry on (previous: the checkpoint to carry on from while nothing of this one is)."""
+    if interrupted:
+        restore(interrupted, run)
+    saved = SimpleNamespace(epoch=len(run.history))
+
+    def save(best, history, finished):
+        if write:
+            write(best, history, None if finished else training_state(run, history, best))
+            saved.epoch = len(history)
+
     try:
-        yield saved
+        yield save
     except KeyboardInterrupt:
-        say_how_to_resume(saved.epoch, out, fold)
+        say_how_to_resume(saved.epoch, out, previous)
 
 
-def say_how_to_resume(saved_epoch, out, fold=None):
-    """After Ctrl-C or SIGTERM: what was saved and the command that carries on; exit code 130, as a shell's.
-    In a cross-validated run that saved nothing of this fold yet, the previous fold's checkpoint carries on."""
-    checkpoint, previous_fold = fold_path(out, fold), fold_path(out, fold - 1) if fold and fold > 1 else None
-    saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {checkpoint}" if saved_epoch
-             else f"the folds before are saved; continue with: python train.py --resume {previous_fold}"
-             if previous_fold else "nothing saved yet")
+def say_how_to_resume(saved_epoch, out, previous=None):
+    """After Ctrl-C or SIGTERM: what was saved and the command that carries on; exit code 130, as a shell's."""
+    saved = (f"epoch {saved_epoch} is saved; continue with: python train.py --resume {out}" if saved_epoch
+             else f"the folds before are saved; continue with: python train.py --resume {previous}"
+             if previous else "nothing saved yet")
     print(f"\ninterrupted; {saved}", flush=True)
     raise SystemExit(130) from None

@@ -9,6 +9,13 @@ import random
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
+from helpers.files import number
+
+
+def add_synthetic_options(parser):
+    parser.add_argument("--synthetic-count", type=number(int, 20), default=600, help="images in the synthetic set")
+    parser.add_argument("--synthetic-size", type=number(int, 32), default=128, help="side of a drawn image, in pixels")
+
 
 # Drawn lesions with the ABCD cues dermatologists use: benign ones are small, round, evenly bordered
 # and one even brown; malignant ones are larger, asymmetric, with an irregular border and several

@@ -1,14 +1,18 @@
-"""Every command that the README, docs/ and the scripts' --help give runs as written, in the order shown.
+"""Every command that the README, docs/, the scripts' --help and the chapters give runs as written, in the
+order shown.
 
-Each `python SCRIPT ...` (or `torchrun ... SCRIPT ...`) in README.md, docs/*.md and the scripts'
-docstrings (their --help) is run up to the point where its arguments are parsed, then stopped: no data
-is read and nothing is trained. Then the files they pass are followed, in the order shown: a data
-folder or checkpoint under data/ or checkpoints/ that a command reads must be written by a command
-shown before it, in the same document (the docstrings count as one, read in the order the data flows;
-docs/ is read after the README, and may use what the README's commands wrote), and still be what that
-command left: no checkpoint written by two commands, no data folder prepared again under a checkpoint
-trained on it, an ensemble's checkpoints trained on the same data and folds, no --resume of a
---dry-run's checkpoint. Commands meant for an older commit (after `git checkout`) are left out. The quick start itself runs end to end in
+Each `python SCRIPT ...` (or `torchrun ... SCRIPT ...`) in README.md, docs/*.md, the scripts' docstrings
+(their --help) and the chapters' docstrings is run up to the point where its arguments are parsed, then
+stopped: no data is read and nothing is trained. Then the files they pass are followed, in the order shown,
+as if each document's commands ran top to bottom in one fresh folder: a data folder, checkpoint or report
+under data/, checkpoints/ or reports/ that a command reads must be written by a command shown before it in
+the same document (the scripts' docstrings count as one, read in the order the data flows; docs/ is read
+after the README and may use what the README's commands wrote; each chapter is read after the scripts'
+docstrings), and still be what that command left: no file written by two commands of one document (a data
+folder, a checkpoint, a report's metrics.json, a Grad-CAM picture, a submission, an ONNX file), no data
+folder prepared again under a checkpoint trained on it, an ensemble's checkpoints trained on the same data
+and folds, and no --resume of a checkpoint that a command shown runs to its end. Commands meant for an older
+commit (after `git checkout`) are left out. The quick start itself runs end to end in
 test_cli.py::test_whole_pipeline_from_the_command_line.
 """
 import argparse
@@ -24,6 +28,7 @@ import pytest
 from conftest import ROOT
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CHAPTERS = sorted((ROOT / "chapters").glob("[a-z]*.py"))
 # The scripts whose --help gives commands with options, in the order data flows (model.py's one example,
 # `python model.py`, takes none).
 SCRIPTS = ["prepare_data.py", "dataset.py", "train.py", "evaluate.py"]
@@ -46,6 +51,8 @@ def commands_in(name, text):
 
 def docstring(script):
     source = (ROOT / script).read_text()
+    if '"""' not in source:
+        return ""
     return source[source.index('"""') + 3:source.index('"""', source.index('"""') + 3)]
 
 
@@ -54,6 +61,8 @@ def documents():
     found = {path.name: commands_in(path.name, path.read_text()) for path in DOCUMENTS}
     found["the scripts' --help"] = [command for script in SCRIPTS
                                     for command in commands_in(f"{script} --help", docstring(script))]
+    for chapter in CHAPTERS:
+        found[f"chapters/{chapter.name}"] = commands_in(chapter.name, docstring(chapter))
     return found
 
 
@@ -96,16 +105,28 @@ def test_a_documented_command_parses(script, arguments, monkeypatch):
 
 
 def norm(path):
-    """A path of the project's own (under data/ or checkpoints/, the default outputs), normalised; None for
-    anything else (../shared/data, a user's lesion.jpg: the user's)."""
+    """A path of the project's own (under data/, checkpoints/ or reports/, the default outputs), normalised;
+    None for anything else (../shared/data, a user's lesion.jpg: the user's)."""
     path = os.path.normpath(str(path))
-    return path if path.split(os.sep)[0] in ("data", "checkpoints") else None
+    return path if path.split(os.sep)[0] in ("data", "checkpoints", "reports") else None
+
+
+def outputs_of_evaluate(args):
+    """What an evaluate.py command writes: its report's files in OUT (default reports/<checkpoint name>), or
+    the ONNX file."""
+    if args.export:
+        return [os.path.normpath(args.export)]
+    out = args.out or os.path.join("reports", os.path.splitext(os.path.basename(args.checkpoints[0]))[0])
+    if args.image:
+        return [norm(os.path.join(out, f"grad_cam_{os.path.splitext(os.path.basename(args.image))[0]}.png"))]
+    return [norm(os.path.join(out, "submission.csv" if args.predict else "metrics.json"))]
 
 
 def follow(commands, state, monkeypatch):
     """Run the commands' file traffic in order on `state` ({path: what wrote it}); each problem found: a path
     read before any command wrote it, or read after another command wrote over it, so that the reader finds
-    something else than what the command that wrote it left; a checkpoint written by two commands."""
+    something else than what the command that wrote it left; a file written by two commands; a run resumed
+    that a command shown finished."""
     problems, written_here = [], {}
     for _, script, arguments in commands:
         args = parse(script, arguments, monkeypatch)
@@ -114,7 +135,7 @@ def follow(commands, state, monkeypatch):
         def wrote(path, **what):
             if path is None:
                 return
-            if path in written_here and written_here[path] != command and path.startswith("checkpoints"):
+            if path in written_here and written_here[path] != command:
                 problems.append(f"{command}: writes over {path}, which `{written_here[path]}` wrote")
             written_here[path] = command
             state[path] = {"command": command, "order": next(CLOCK), **what}
@@ -122,7 +143,7 @@ def follow(commands, state, monkeypatch):
         def reads(path):
             if path is None:
                 return None
-            found = state.get(path) or next((v for k, v in state.items() if path.startswith(k + os.sep)), None)
+            found = state.get(path)  # a folder inside another command's is not that command's
             if found is None:
                 problems.append(f"{command}: reads {path} before any command writes it")
             return found
@@ -135,6 +156,8 @@ def follow(commands, state, monkeypatch):
             run = reads(norm(args.resume))
             if run and run.get("dry_run"):
                 problems.append(f"{command}: {args.resume} is a --dry-run's (`{run['command']}`), not a run to resume")
+            elif run:
+                problems.append(f"{command}: `{run['command']}` runs to its end: nothing left to resume")
         elif script == "train.py":
             data = norm(args.data)
             reads(data)
@@ -150,13 +173,59 @@ def follow(commands, state, monkeypatch):
                 problems.append(f"{command}: its checkpoints were trained on other data or folds: {sorted(trained)}")
             for path in (args.data, args.threshold_from):
                 reads(norm(path) if path else None)
+            for path in outputs_of_evaluate(args):
+                wrote(path)
     return problems
+
+
+def problems_of(document, monkeypatch):
+    """What following one document's commands finds wrong (docs/ after the README, a chapter after the
+    scripts' --help)."""
+    state = {}
+    if document.endswith(".md") and document != "README.md":
+        follow(documents()["README.md"], state, monkeypatch)  # what a reader of docs/ has already run
+    if document.startswith("chapters/"):
+        follow(documents()["the scripts' --help"], state, monkeypatch)
+    return follow(documents()[document], state, monkeypatch)
 
 
 @pytest.mark.parametrize("document", list(documents()))
 def test_each_command_finds_what_the_command_that_wrote_it_left(document, monkeypatch):
-    state = {}
-    if document.endswith(".md") and document != "README.md":
-        follow(documents()["README.md"], state, monkeypatch)  # what a reader of docs/ has already run
-    problems = follow(documents()[document], state, monkeypatch)
+    problems = problems_of(document, monkeypatch)
     assert not problems, f"{document}: " + "; ".join(problems)
+
+
+# The collisions the documents once had, each named: each example must write files of its own.
+
+def test_prepare_data_help_examples_each_write_a_folder_of_their_own(monkeypatch):
+    problems = [p for p in problems_of("the scripts' --help", monkeypatch) if p.startswith("prepare_data.py")]
+    assert not problems, problems
+
+
+def test_evaluate_help_image_examples_write_distinct_pictures(monkeypatch):
+    problems = [p for p in problems_of("the scripts' --help", monkeypatch) + problems_of("chapters/unlabelled.py",
+                                                                                        monkeypatch)
+                if "grad_cam_" in p]
+    assert not problems, problems
+
+
+def test_no_document_resumes_a_run_it_ran_to_its_end(monkeypatch):
+    problems = [p for document in documents() for p in problems_of(document, monkeypatch)
+                if "nothing left to resume" in p]
+    assert not problems, problems
+
+
+def test_the_readme_prepares_each_data_folder_once(monkeypatch):
+    problems = [p for p in problems_of("README.md", monkeypatch) if "writes over data" in p]
+    assert not problems, problems
+
+
+def test_the_reports_are_followed_too(monkeypatch):
+    """A report written by two commands of one document is a collision; so is a report read before it
+    is written."""
+    commands = [("doc", "evaluate.py", ["checkpoints/a.pt", "--out", "reports/r"]),
+                ("doc", "evaluate.py", ["checkpoints/a.pt", "--out", "reports/r", "--split", "val"])]
+    state = {"checkpoints/a.pt": {"command": "train.py", "order": next(CLOCK)}}
+    assert follow(commands, state, monkeypatch) == [
+        f"evaluate.py checkpoints/a.pt --out reports/r --split val: writes over {os.path.join('reports', 'r', 'metrics.json')}, "
+        "which `evaluate.py checkpoints/a.pt --out reports/r` wrote"]

@@ -47,12 +47,12 @@ def test_tta_is_the_mean_probability_over_the_views():
 # Sensitivity at each cut: 0.8 -> 1/4, 0.7 -> 2/4, 0.6 -> 3/4, 0.4 -> 3/4, 0.3 -> 4/4. So the highest
 # threshold that catches at least 90 % of them is 0.3, at least 75 % is 0.6, and at least 50 % is 0.7.
 HAND_MADE = {"isic_id": [f"v{i}" for i in range(7)], "label": [0, 0, 1, 0, 1, 1, 1],
-             "probability": [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]}
+             "image_probability": [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8]}
 # A second member's predictions on the same images. Alone, its best cut is 0.5 (3/4 - 0). Averaged with
 # the first, image by image: 0.2, 0.1, 0.4, 0.3, 0.6, 0.8, 0.5, which ranks every malignant image above
 # every benign one: the best cut of the mean is 0.4 (TPR 1, FPR 0), found neither in the first member's
 # scores nor by averaging the two members' thresholds ((0.6 + 0.5) / 2 = 0.55).
-SECOND = {**HAND_MADE, "probability": [0.3, 0.0, 0.5, 0.2, 0.6, 0.9, 0.2]}
+SECOND = {**HAND_MADE, "image_probability": [0.3, 0.0, 0.5, 0.2, 0.6, 0.9, 0.2]}
 
 
 def test_pick_threshold_by_hand():
@@ -96,7 +96,7 @@ def test_a_target_sensitivity_is_met_on_validation(trained_baseline, tmp_path, m
     # The highest threshold that catches 95 % of the k malignant val images is the ceil(0.95 k)-th highest
     # score among them (ties change nothing: the same number clears it).
     validation = torch.load(checkpoint, weights_only=True)["val_predictions"]
-    malignant = sorted((p for p, y in zip(validation["probability"], validation["label"]) if y), reverse=True)
+    malignant = sorted((p for p, y in zip(validation["fused_probability"], validation["label"]) if y), reverse=True)
     assert metrics["threshold"] == malignant[math.ceil(0.95 * len(malignant)) - 1]
     assert metrics["recall"] >= 0.95  # scored again on the same val images: the same probabilities
 

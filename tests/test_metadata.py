@@ -165,7 +165,7 @@ def test_the_metadata_is_learnt_on_every_label_and_the_bias_on_held_out_images()
     table = pd.DataFrame({"isic_id": [f"i{age}" for age in ages], "split": ["train", "val"] * 20, "age": ages,
                           "label": [int(age >= 45) for age in ages]})
     held_out = table[table["split"] == "val"]
-    checkpoint = {"val_predictions": {"isic_id": held_out["isic_id"].tolist(), "probability": [0.5] * 20,
+    checkpoint = {"val_predictions": {"isic_id": held_out["isic_id"].tolist(), "image_probability": [0.5] * 20,
                                       "label": held_out["label"].tolist()}}
     fusion, fused_held_out = fit_late_fusion(checkpoint, table, strength=1.0)
     assert fusion["features"] == ["age"] and (fusion["fitted_on"], fusion["bias_fitted_on"]) == (40, 20)
@@ -174,8 +174,7 @@ def test_the_metadata_is_learnt_on_every_label_and_the_bias_on_held_out_images()
     # the malignant there are.
     fused = LateFusion(fusion)(torch.full((20,), 0.5), torch.tensor(held_out[["age"]].values, dtype=torch.float32))
     assert fused.sum().item() == pytest.approx(8, abs=1e-4)
-    assert fused_held_out["probability"] == pytest.approx(fused.tolist(), abs=1e-6)  # what evaluate.py will score
-    assert fused_held_out["image_probability"] == [0.5] * 20
+    assert fused_held_out == pytest.approx(fused.tolist(), abs=1e-6)  # what evaluate.py will score
 
 
 def site_odds_ratio(images_per_site, **strengths):
@@ -185,7 +184,7 @@ def site_odds_ratio(images_per_site, **strengths):
     table = pd.DataFrame({"site": ["posterior torso"] * images_per_site + ["head/neck"] * images_per_site,
                           "label": [1] * (3 * quarter) + [0] * quarter + [1] * quarter + [0] * (3 * quarter)})
     table = table.assign(isic_id=[f"i{row}" for row in table.index], split="train")
-    checkpoint = {"val_predictions": {"isic_id": table["isic_id"].tolist(), "probability": [0.5] * len(table),
+    checkpoint = {"val_predictions": {"isic_id": table["isic_id"].tolist(), "image_probability": [0.5] * len(table),
                                       "label": table["label"].tolist()}}
     fusion, _ = fit_late_fusion(checkpoint, table, **strengths)
     back, face = fused_probabilities(fusion, [0.5, 0.5], pd.DataFrame({"site": ["posterior torso", "head/neck"]}))
@@ -213,8 +212,8 @@ def test_the_checkpoint_carries_its_fusion_and_the_metadata_helps(trained_baseli
     # The synthetic malignant lesions come older and more often on the back: the fusion learnt both.
     weight = dict(zip(fusion["features"], fusion["weights"]))
     assert weight["age"] > 0 and weight["site: posterior torso"] > 0
-    # The threshold is chosen on what is scored: the fused validation predictions.
-    assert info["val_predictions"]["probability"] != info["val_predictions"]["image_probability"]
+    # The threshold is chosen on what is scored: the fused validation predictions, kept beside the image model's.
+    assert info["val_predictions"]["fused_probability"] != info["val_predictions"]["image_probability"]
     assert (checkpoint.with_name("baseline-metadata.png")).exists()
     assert run_main(evaluate, checkpoint, "--out", tmp_path / "r", monkeypatch=monkeypatch) == 0
     assert re.search(r"metadata used: age \(known for \d+ of \d+\), sex .*, site", capsys.readouterr().out)

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chapters.metrics import (all_metrics, choose_threshold, confusion_matrix, partial_auc, roc_auc, roc_curve,
-                              threshold_metrics)
-from evaluate import without_nan, write_report
+from chapters.partial_auc import partial_auc
+from evaluate import (all_metrics, choose_threshold, confusion_matrix, threshold_metrics, without_nan,
+                      write_report)
+from train import roc_auc, roc_curve
 
 # Example A: benign scores 0.1, 0.4; malignant scores 0.35, 0.8.
 LABELS_A = [0, 0, 1, 1]
@@ -59,16 +60,20 @@ def test_auc_extremes():
     assert roc_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
 
 
+def pauc(labels, scores):
+    return partial_auc(*roc_curve(labels, scores)[:2])
+
+
 def test_partial_auc_by_hand():
     # Example A: the curve is above TPR 0.8 only from (0.5, 1) to (1, 1): 0.5 wide, 0.2 high.
-    assert partial_auc(LABELS_A, SCORES_A) == pytest.approx(0.1)
+    assert pauc(LABELS_A, SCORES_A) == pytest.approx(0.1)
     # The tie example: the diagonal from (0, 0.5) to (0.5, 1) crosses 0.8 at FPR 0.3, leaving a triangle
     # 0.2 wide and 0.2 high above the line (0.02), then the flat part from 0.5 to 1 (0.5 x 0.2 = 0.1).
-    assert partial_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(0.12)
+    assert pauc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(0.12)
     # Perfect: the whole 1 x 0.2 strip. Reversed: nothing. Chance (the diagonal): a 0.2 x 0.2 triangle.
-    assert partial_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.2)
-    assert partial_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == pytest.approx(0.0)
-    assert partial_auc([0, 1] * 3, [0.5] * 6) == pytest.approx(0.02)
+    assert pauc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.2)
+    assert pauc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == pytest.approx(0.0)
+    assert pauc([0, 1] * 3, [0.5] * 6) == pytest.approx(0.02)
 
 
 def test_one_class_only_gives_nan_not_a_crash():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from model import BaselineCNN, build_model, load_checkpoint, save_checkpoint
+from model import BaselineCNN, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("name", ["baseline", "resnet", "resnet34"])
@@ -49,11 +49,25 @@ def test_pretrained_offline_without_a_cached_file_says_what_to_do(tmp_path, monk
         build_model("resnet", pretrained=True)
 
 
+def test_a_checkpoint_written_before_the_fused_probabilities_had_a_key_of_their_own(tmp_path):
+    # Such a checkpoint carried one "probability": the fused one where the image model's stood beside it
+    # (image_probability), else the image model's. Loaded now, each has the key that says whose it is.
+    old = {"state_dict": BaselineCNN().state_dict(), "model": "baseline", "img_size": 64, "mean": [0.5] * 3,
+           "std": [0.5] * 3, "tta": False}
+    fused = {"isic_id": ["a", "b"], "probability": [0.3, 0.6], "label": [0, 1], "image_probability": [0.2, 0.7]}
+    torch.save({**old, "val_predictions": fused}, tmp_path / "fused.pt")
+    torch.save({**old, "val_predictions": {"isic_id": ["a"], "probability": [0.4], "label": [1]}}, tmp_path / "alone.pt")
+    assert read_checkpoint(tmp_path / "fused.pt")["val_predictions"] == {
+        "isic_id": ["a", "b"], "label": [0, 1], "image_probability": [0.2, 0.7], "fused_probability": [0.3, 0.6]}
+    assert read_checkpoint(tmp_path / "alone.pt")["val_predictions"] == {
+        "isic_id": ["a"], "label": [1], "image_probability": [0.4]}
+
+
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = BaselineCNN()
     path = tmp_path / "model.pt"
-    validation = {"isic_id": ["a", "b"], "probability": [0.25, 0.75], "label": [0, 1]}
+    validation = {"isic_id": ["a", "b"], "image_probability": [0.25, 0.75], "label": [0, 1]}
     save_checkpoint(path, model.state_dict(), model="baseline", img_size=64, mean=[0.5] * 3, std=[0.5] * 3,
                     tta=False, val_predictions=validation, val_metrics={"auc": 0.9})
     assert not (tmp_path / "model.pt.tmp").exists()

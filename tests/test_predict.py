@@ -8,7 +8,7 @@ import pytest
 import evaluate
 from conftest import jpeg_bytes, make_image, make_isic_2024, prepare_and_train, run_main, write_hdf5
 from chapters.metadata import fused_probabilities
-from chapters.metrics import roc_auc
+from train import roc_auc
 from model import load_checkpoint
 
 

@@ -140,7 +140,7 @@ def test_an_image_that_vanished_after_preparation_stops_training_with_its_name(s
 
 # --- Checkpoints --------------------------------------------------------------------------------------
 
-VALIDATION = {"isic_id": ["a", "b"], "probability": [0.25, 0.75], "label": [0, 1]}  # what a checkpoint carries
+VALIDATION = {"isic_id": ["a", "b"], "image_probability": [0.25, 0.75], "label": [0, 1]}  # what a checkpoint carries
 
 
 class RunsCode:

@@ -11,7 +11,8 @@ import train
 from conftest import run_main
 from chapters import imbalance
 from chapters.cross_validation import cross_validation_folds
-from chapters.metrics import all_metrics, choose_threshold, roc_auc
+from evaluate import all_metrics, choose_threshold
+from train import roc_auc
 from dataset import CustomDataset, build_transforms, read_split
 from model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, predict
 
@@ -48,7 +49,7 @@ def test_checkpoint_carries_what_evaluation_needs(trained_baseline):
     val = read_split(data, "val")
     predictions = info["val_predictions"]
     assert predictions["isic_id"] == val["isic_id"].tolist() and predictions["label"] == val["label"].tolist()
-    assert all(0 <= p <= 1 for p in predictions["probability"])
+    assert all(0 <= p <= 1 for p in predictions["fused_probability"])
     # ...and the metrics of the best epoch, worked out again here from the image model's predictions (the
     # metadata's fusion, fitted once training is over, comes on top: tests/test_metadata.py).
     labels, probabilities = predictions["label"], predictions["image_probability"]
@@ -302,7 +303,7 @@ def test_cross_validation_saves_one_checkpoint_scored_out_of_fold(synthetic_data
     # At test time, the mean of the three models' probabilities.
     ensemble, _ = predict(model, loader, "cpu", tta=True)
     assert ensemble == pytest.approx([sum(p) / 3 for p in zip(*by_member)], abs=1e-6)
-    assert evaluate.pick_threshold([info], [out]) == choose_threshold(val["label"], val["probability"])
+    assert evaluate.pick_threshold([info], [out]) == choose_threshold(val["label"], val["fused_probability"])
     # More folds than lesions of a class: every fold could not validate on both classes.
     assert run_main(train, "--data", synthetic_data, "--folds", 500, "--out", out, monkeypatch=monkeypatch) == 2
     assert "500 folds need both classes in every fold" in capsys.readouterr().err
