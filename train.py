@@ -47,7 +47,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from chapters import cross_validation, imbalance, linear_probe, metadata
+from chapters import (calibration, cross_validation, imbalance, linear_probe, metadata,
+                      novelty)
 from chapters.hardware import PRECISIONS, Hardware
 from chapters.metrics import summarise
 from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, read_labels,
@@ -331,6 +332,7 @@ def parse_arguments():
     add("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     add("--resume", metavar="CKPT", help="carry on an interrupted run, with its own arguments")
     add("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
+    novelty.add_options(parser)  # --unlike-share: how many images like the training ones to flag
     args, interrupted = parser.parse_args(), None
     if args.resume:
         try:
@@ -373,6 +375,9 @@ def main():
             save_cross_validated(args)  # the K models as one checkpoint
         if args.metadata and hardware.rank == 0 and not args.dry_run:
             add_late_fusion(args)  # the metadata's evidence beside the image's
+        if hardware.rank == 0:  # what its probabilities assume; what its images look like
+            calibration.record_prevalence(args)
+            novelty.add_statistics(args, hardware.device)
     except (DataError, ValueError) as error:  # bad data (an image gone bad since it was prepared)
         stop(error)
     distributed.finish(hardware.world_size)
