@@ -4,10 +4,10 @@ A classifier answers every image it is given. Handed a phone photograph, a clini
 picture that is not skin at all, a model trained on dermoscopy still says "P(malignant) = 0.42",
 with the same confidence as for a lesion like its training images, and that number means nothing.
 The model's own features can tell: the pooled features before its head (1,280 numbers for
-EfficientNet-Lite0) of images like the training ones gather in one region, and an image far from
-it is one the model never learnt to read. So each scored image also gets its distance from the
-training images, and a flag, `unlike_training`, where that distance is beyond what images like the
-training ones reach.
+EfficientNet-Lite0), scaled to length 1, of images like the training ones gather in one region, and
+an image far from it is one the model never learnt to read. So each scored image also gets its
+distance from the training images, and a flag, `unlike_training`, where that distance is beyond
+what images like the training ones reach.
 
 The distance (Mahalanobis, as Lee et al., NeurIPS 2018 use it on a network's features): how far an
 image's features lie from the training images' mean, measured in each direction against how much
@@ -76,7 +76,7 @@ def unlike_share(text):
 
 @torch.inference_mode()
 def feature_batches(model, table, transform, device, batch_size=64, workers=0):
-    """The pooled features of every image of the table, one batch at a time, in order."""
+    """The pooled features of every image of the table, scaled to length 1, one batch at a time."""
     name = head_name(model)
     head = getattr(model, name)
     setattr(model, name, nn.Identity())  # for now the model ends with its features
@@ -85,7 +85,10 @@ def feature_batches(model, table, transform, device, batch_size=64, workers=0):
         loader = DataLoader(CustomDataset(table, transform), batch_size, shuffle=False,
                             **loader_options(workers))
         for images, _ in loader:
-            yield model(images.to(device)).double().cpu()
+            features = model(images.to(device)).double().cpu()
+            # Their direction, not their length: images unlike the training ones differ in which
+            # features light up more than in how much (measured: benchmarks/novelty.py)
+            yield features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
     finally:
         setattr(model, name, head)
 
