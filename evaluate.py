@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from chapters import metadata, onnx_export, unlabelled
+from chapters import calibration, metadata, novelty, onnx_export, unlabelled
 from chapters.grad_cam import draw_grad_cam_gallery
 from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count
 from chapters.partial_auc import partial_auc
@@ -114,6 +114,7 @@ class Models:
     batch_size: int = 64
     workers: int = 0
     precision: str = "fp32"  # or bf16: twice as fast on a CPU with bf16 instructions
+    prevalence: dict = None  # the population the probabilities are for (chapters/calibration.py)
 
     def transform(self, member=0):
         """The preprocessing a member was validated with: its image size and normalisation."""
@@ -143,8 +144,9 @@ class Models:
 
     def fuse(self, image_alone, table):
         """The members' image-alone probabilities with each one's metadata weighed in, averaged."""
-        return mean_over_models([metadata.apply(info.get("fusion"), probabilities, table)
-                                 for probabilities, (_, info) in zip(image_alone, self.members)])
+        fused = mean_over_models([metadata.apply(info.get("fusion"), probabilities, table)
+                                  for probabilities, (_, info) in zip(image_alone, self.members)])
+        return calibration.to_prevalence(fused, self.prevalence)
 
     def metadata_note(self, table):
         return metadata.note([info.get("fusion") for _, info in self.members], table)
@@ -214,6 +216,7 @@ def report(args, models, threshold, out):
     data = args.data or models.members[0][1]["args"]["data"]
     table = read_split(data, args.split)
     probabilities, image_alone, labels = models.score(table)
+    unlike = novelty.check(models, table)  # how far each image lies from the training images
     metrics = {**all_metrics(labels, probabilities, threshold),
                "auc_image_alone": roc_auc(labels, image_alone)}
     at_half = threshold_metrics(labels, probabilities, 0.5)
@@ -223,18 +226,21 @@ def report(args, models, threshold, out):
     print_report(metrics, at_half)
     print(f"{models.metadata_note(table)}; the images alone: "
           f"ROC AUC {metrics['auc_image_alone']:.3f}")
+    calibrated = calibration.report(labels, probabilities, metrics, models.prevalence,
+                                    out / "reliability.png")
     summary = {**without_nan(metrics), "at_threshold_0.5": without_nan(at_half),
                "checkpoints": args.checkpoints,
                "models": [info["model"] for _, info in models.members], "data": str(data),
                "split": args.split, "target_sensitivity": args.target_sensitivity,
-               "threshold_from": args.threshold_from}
-    write_report(out, summary, metrics, table, probabilities, labels, image_alone)
+               "threshold_from": args.threshold_from, **without_nan(calibrated),
+               **novelty.summary(unlike, models)}
+    write_report(out, summary, metrics, table, probabilities, labels, image_alone, unlike)
     model, checkpoint = models.members[0]  # the one whose Grad-CAM is drawn
     draw_grad_cam_gallery(model, CustomDataset(table, models.transform()), probabilities, labels,
                           threshold, out / "grad_cam.png", models.device, checkpoint["mean"],
                           checkpoint["std"])
-    print("wrote metrics.json, predictions.csv, confusion_matrix.png, roc.png and "
-          f"grad_cam.png to {out}")
+    print("wrote metrics.json, predictions.csv, confusion_matrix.png, roc.png, reliability.png "
+          f"and grad_cam.png to {out}")
 
 
 def print_report(metrics, at_half):
@@ -257,14 +263,14 @@ def without_nan(metrics):
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
-def write_report(out, report, metrics, table, probabilities, labels, image_alone):
+def write_report(out, report, metrics, table, probabilities, labels, image_alone, unlike=()):
     """metrics.json, predictions.csv and the pictures of the confusion matrix and the ROC curve."""
     save_atomically(out / "metrics.json",
                     lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     predicted = [int(p >= metrics["threshold"]) for p in probabilities]
     predictions = pd.DataFrame({"isic_id": table["isic_id"], "probability_malignant": probabilities,
                                 "label": labels, "predicted": predicted,
-                                "probability_image_alone": image_alone})
+                                "probability_image_alone": image_alone, **dict(unlike)})
     save_atomically(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     draw_confusion_matrix(metrics["confusion_matrix"], metrics["threshold"],
                           out / "confusion_matrix.png")
@@ -294,11 +300,11 @@ def parse_arguments():
     instead = parser.add_mutually_exclusive_group()  # of the report on a split
     unlabelled.add_options(parser, instead)
     onnx_export.add_options(instead)
-    metadata.add_evaluation_options(parser)
-    Hardware.add_evaluation_options(parser)
+    for chapter in (metadata, calibration, Hardware):
+        chapter.add_evaluation_options(parser)
     args = parser.parse_args()
-    unlabelled.refuse_conflicts(args, parser)
-    metadata.refuse_conflicts(args, parser)
+    for chapter in (unlabelled, metadata, calibration):
+        chapter.refuse_conflicts(args, parser)
     return args
 
 
@@ -315,6 +321,8 @@ def main():
         threshold = decision_threshold(args, models, clinic)
         if args.export:  # the model as one ONNX file, for use without this project
             return onnx_export.export(models, threshold, args.export)
+        # For the population --prevalence names, or the one the model learnt from (said so).
+        threshold = calibration.use_prevalence(models, args.prevalence, threshold)
         out = Path(args.out or Path("reports") / Path(args.checkpoints[0]).stem)
         out.mkdir(parents=True, exist_ok=True)
         if args.image:  # one image, with what is known of its patient

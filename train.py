@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from chapters import cross_validation, imbalance, linear_probe, metadata
+from chapters import calibration, cross_validation, imbalance, linear_probe, metadata, novelty
 from chapters.hardware import Hardware
 from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, read_labels,
                      read_split)
@@ -325,7 +325,7 @@ def parse_arguments():
     add("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     add("--resume", metavar="CKPT", help="carry on an interrupted run, with its own arguments")
     add("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
-    for chapter in (cross_validation, metadata, linear_probe, imbalance, Hardware):
+    for chapter in (cross_validation, metadata, novelty, linear_probe, imbalance, Hardware):
         chapter.add_training_options(parser)
     args, interrupted = resume.parse(parser)  # with --resume, the interrupted run's arguments
     for chapter in (linear_probe, imbalance):
@@ -350,6 +350,9 @@ def main():
             train_model(args, hardware, *tables, args.out, interrupted)
         if args.metadata and hardware.rank == 0 and not args.dry_run:
             fuse_metadata(args)  # the metadata's evidence beside the image's
+        if hardware.rank == 0 and not args.dry_run:  # what its probabilities assume, and
+            calibration.record_prevalence(args)      # what its training images look like
+            novelty.add_statistics(args, hardware.device)
     except (DataError, ValueError) as error:  # bad data (an image gone bad since it was prepared)
         stop(error)
     distributed.finish(hardware.world_size)

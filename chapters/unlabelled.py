@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chapters import metadata
+from chapters import calibration, metadata, novelty
 from chapters.grad_cam import grad_cam, overlay
 from dataset import CustomDataset
 from helpers import hdf5
@@ -155,9 +155,13 @@ def write_submission(path, models, out, skip_unreadable=False):
         raise DataError(f"none of the {len(every):,} images of {path} can be read; see "
                         f"{out / 'unreadable.csv'}")
     print(models.metadata_note(table))
+    print(calibration.describe(models.prevalence))
     probabilities, _, _ = models.score(table)
     submission = pd.DataFrame({"isic_id": table["isic_id"], "target": probabilities})
     save_atomically(out / "submission.csv", lambda tmp: submission.to_csv(tmp, index=False))
+    unlike = novelty.check(models, table)  # beside it: OUT/predictions.csv, with the flag
+    novelty.write_predictions(table, probabilities, unlike, out / "predictions.csv")
+    novelty.summary(unlike, models)
     if len(table) < len(every):
         print(f"wrote {out / 'submission.csv'}: scored {len(table):,} of {len(every):,} images; "
               f"{len(every) - len(table):,} unreadable, listed in {out / 'unreadable.csv'}")
@@ -173,7 +177,9 @@ def classify_image(path, models, threshold, out, age=None, sex=None, site=None):
     print(models.metadata_note(table))
     (probability,), _, _ = models.score(table, batch_size=1)
     verdict = "malignant" if probability >= threshold else "benign"
-    print(f"{path}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g})")
+    print(f"{path}: P(malignant) = {probability:.3f} -> {verdict} (threshold {threshold:.3g}); "
+          f"{calibration.describe(models.prevalence)}")
+    print(novelty.in_words(novelty.check(models, table), models) or "")
     model, checkpoint = models.members[0]
     tensor = CustomDataset(table, models.transform())[0][0].to(models.device)
     picture = to_picture(tensor, checkpoint["mean"], checkpoint["std"])

@@ -1,4 +1,5 @@
-"""Charts drawn with Pillow: training curves, the ROC curve, the confusion matrix and the augmentation grid.
+"""Charts drawn with Pillow: training curves, the ROC curve, the reliability diagram, the confusion matrix and the
+augmentation grid.
 
 A first reading can skip it: train.py and evaluate.py call these to draw what they computed.
 """
@@ -91,6 +92,36 @@ def draw_roc(fpr, tpr, metrics, path):
         x, y = xy(1 - metrics["specificity"], metrics["recall"])
         draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(200, 30, 30), width=3)
         draw.text((x + 10, y + 6), f"threshold {metrics['threshold']:.3g}", fill=(200, 30, 30), font=chart.font)
+    save_image(chart.image, path)
+
+
+def draw_reliability(bins, calibration, path):
+    """The reliability diagram: each bin's mean probability against the share of its images that is
+    malignant (dots, joined), the diagonal where they agree, and below, each bin's extent with the
+    number of images in it."""
+    ticks = (0, 0.2, 0.4, 0.6, 0.8, 1)
+    chart = Chart(f"reliability, {len(bins)} equal-width bins   ECE {calibration['ece']:.3f}   "
+                  f"Brier {calibration['brier']:.3f}", "mean predicted P(malignant) in the bin",
+                  "observed share malignant in the bin", 1, 1, ticks, ticks)
+    xy, draw = chart.xy, chart.draw
+    draw.line([xy(0, 0), xy(1, 1)], fill=(170, 170, 170), width=1)  # calibrated
+    most = max(b["images"] for b in bins) or 1
+    small = ImageFont.load_default(11)
+    for b in bins:  # a grey bar per bin, as high as its share of images (a fifth of the frame)
+        left, bottom = xy(b["from"], 0)
+        right, top = xy(b["to"], 0.2 * b["images"] / most)
+        draw.rectangle([left + 1, top, right - 1, bottom], fill=(225, 225, 225), outline=(190, 190, 190))
+        draw.text(((left + right) / 2, top - 2), str(b["images"]), fill=(90, 90, 90), font=small, anchor="mb")
+    points = [xy(b["mean_probability"], b["observed_share"]) for b in bins if b["images"]]
+    if len(points) > 1:
+        draw.line(points, fill=(30, 60, 200), width=2)
+    for x, y in points:
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(30, 60, 200))
+    prevalence = calibration["prevalence"]
+    given = prevalence["target"] if prevalence.get("target") is not None else prevalence["assumed"]
+    draw.text(xy(0.02, 0.97), f"for a population {given:.1%} malignant; "
+              f"{calibration['observed_share']:.1%} here", fill="black", font=chart.font, anchor="lt")
+    draw.text(xy(0.02, 0.91), "grey: images in each bin", fill=(90, 90, 90), font=chart.font, anchor="lt")
     save_image(chart.image, path)
 
 
