@@ -16,6 +16,8 @@ reaches it:
   unlabelled.py        evaluate.py --predict and --image: scoring images that have no label
   onnx_export.py       evaluate.py --export: the model as one ONNX file, for use without
                        this project
+  calibration.py       does P(malignant) come true, and for which population (--prevalence)
+  novelty.py           a warning when an image is unlike any the model learnt from
 The plumbing nobody needs to read (atomic writes, progress lines, image decoding, HDF5 reads, the
 ISIC Archive download, resuming, torchrun, the charts) is in helpers/. Chapters import from helpers/
 and from the steps before the one that calls them, never from a later one.
