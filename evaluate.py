@@ -32,10 +32,10 @@ an HDF5 file (every key, sorted) or a folder of image files (sorted by name, eac
 its file).
 
 --export FILE.onnx writes the model as one ONNX graph instead, for use without this project (ONNX
-Runtime runs it from Python, C++, JavaScript...): normalised images in (and the metadata features,
-for a model that weighs them), P(malignant) out, a fold ensemble's models averaged inside, and in
-its metadata_props all it takes to feed it. It is checked against PyTorch before it is kept. The
-README shows it in use.
+Runtime runs it from Python, C++, JavaScript...): the image as decoded in, any size (and age, sex
+and site, for a model that weighs them), P(malignant) out, scored as --predict --no-tta scores it,
+and in its metadata_props what the inputs are. It is checked against PyTorch before it is kept.
+--export web/model.onnx is where the page in web/ finds it; the README shows both in use.
 
 Examples:
   python evaluate.py checkpoints/baseline.pt

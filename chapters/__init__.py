@@ -13,8 +13,8 @@ next chapter, in the order the data meets them:
   hardware.py          the device, the precision and the loader processes
   grad_cam.py          where a model looked
   unlabelled.py        evaluate.py --predict and --image: scoring images that have no label
-  onnx_export.py       evaluate.py --export: the model as one ONNX file, for use without
-                       this project
+  onnx_export.py       evaluate.py --export: the model as one ONNX file that takes the image as
+                       decoded, for use without this project (the web page in web/)
 The plumbing nobody needs to read (atomic writes, progress lines, image decoding, HDF5 reads, the
 ISIC Archive download, resuming, torchrun, the charts) is in helpers/. Chapters import from helpers/
 and from the steps before the one that calls them, never from a later one.

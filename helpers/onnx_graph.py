@@ -1,4 +1,4 @@
-"""An ONNX graph written as function calls (for chapters/onnx_export.py); a first reading can skip it.
+"""An ONNX graph written as function calls (chapters/onnx_export.py); a first reading can skip it.
 
 ONNX's own helper builds a graph from node records, each naming its inputs and outputs as strings.
 Builder lets a graph read as arithmetic instead: each call adds one node and returns the name of

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -113,3 +114,62 @@ def trained_baseline(synthetic_data, tmp_path_factory):
                         monkeypatch=monkeypatch)
     assert code == 0
     return checkpoint, synthetic_data
+
+
+# --- Photos as people take them, for the exported model and the web page ---------------------------
+# Ages, sexes and sites as a CSV (or a page's address) may give them: "m", "F" and "back" are spellings of
+# male, female and posterior torso; "elbow" is no site and 150 no age the models know (scored as unknown).
+PHOTO_METADATA = [("", "", ""), ("62", "female", "lower extremity"), ("35", "m", "back"), ("", "male", ""),
+                  ("80", "", "head/neck"), ("50", "female", "elbow"), ("150", "F", "")]
+
+
+def make_photos(sources, folder):
+    """22 image files made from the lesions of `sources` (at least 20 image files), as photos come: JPEG and
+    PNG, oblong both ways, grayscale, turned by an EXIF tag (their pixels stored on their side), one of 4200 x
+    3000 and two smaller than 64 px; and metadata.csv (isic_id, age_approx, sex, anatom_site_general), some of
+    it unknown. Returns the files' names, in the CSV's order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lesions = [Image.open(path).convert("RGB") for path in sources[:20]]
+    made = {}
+
+    def save(name, image, **options):
+        image.save(folder / name, **options)
+        made[name] = image
+
+    jpeg_shapes = [(200, 150), (150, 201), (90, 64), (64, 130), (300, 200), (123, 77), (256, 180), (640, 480)]
+    for i, shape in enumerate(jpeg_shapes):
+        save(f"oblong_{i}.jpg", lesions[i].resize(shape, Image.BICUBIC), quality=90)
+    for i, shape in enumerate([(150, 200), (201, 150), (64, 64), (97, 131), (333, 250)]):
+        save(f"png_{i}.png", lesions[8 + i].resize(shape, Image.BICUBIC))
+    save("gray_jpeg.jpg", lesions[13].resize((160, 120)).convert("L"), quality=90)
+    save("gray_png.png", lesions[14].resize((120, 160)).convert("L"))
+    for i, (orientation, turn) in enumerate([(6, Image.ROTATE_90), (8, Image.ROTATE_270), (3, Image.ROTATE_180)]):
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # "turn me this way to view me"
+        upright = lesions[15 + i].resize((180, 120), Image.BICUBIC)
+        save(f"exif_{orientation}.jpg", upright.transpose(turn), quality=90, exif=exif)
+    save("large.jpg", lesions[18].resize((4200, 3000), Image.BICUBIC), quality=85)
+    save("small_jpeg.jpg", lesions[19].resize((40, 30), Image.BICUBIC), quality=90)
+    save("small_png.png", lesions[0].resize((50, 50), Image.BICUBIC))
+    names = list(made)
+    rows = [dict(zip(["isic_id", "age_approx", "sex", "anatom_site_general"],
+                     [Path(name).stem, *PHOTO_METADATA[i % len(PHOTO_METADATA)]])) for i, name in enumerate(names)]
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    return names
+
+
+@pytest.fixture(scope="session")
+def photos(trained_baseline, tmp_path_factory):
+    """The baseline's export, make_photos' images and evaluate.py --predict --no-tta's probabilities for them
+    with their metadata: (the .onnx file, the photos' folder, their file names, {isic_id: probability})."""
+    import evaluate
+
+    checkpoint, data = trained_baseline
+    folder = tmp_path_factory.mktemp("photos")
+    names = make_photos(sorted((data / "images").glob("*.jpg")), folder / "images")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_main(evaluate, checkpoint, "--export", folder / "baseline.onnx", monkeypatch=monkeypatch) == 0
+        assert run_main(evaluate, checkpoint, "--predict", folder / "images" / "metadata.csv", "--no-tta", "--out",
+                        folder / "out", monkeypatch=monkeypatch) == 0
+    expected = pd.read_csv(folder / "out" / "submission.csv")
+    return folder / "baseline.onnx", folder / "images", names, dict(zip(expected["isic_id"], expected["target"]))
