@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,6 +52,8 @@ def main():
         if result["status"] != "done" or foreign:
             sys.exit(f"the page did not score the image: {result}; requests elsewhere: {foreign}")
         picture = Image.open(folder / "page.png").convert("RGB")
+        bottom = ImageChops.invert(picture).getbbox()[3]  # the page's end: white below it
+        picture = picture.crop((0, 0, picture.width, min(picture.height, bottom + 16)))
         picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
     print(f"{result}\nwrote {args.out}: {picture.width}x{picture.height}, {args.out.stat().st_size // 1024} kB")
 

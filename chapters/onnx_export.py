@@ -221,7 +221,9 @@ def describe(info):
     parts = [info["model"] + (f", the mean of {folds} cross-validation models" if folds > 1
                               else "")]
     if args.get("data"):
-        parts.append(f"trained on {Path(args['data']).name}")
+        fusion = info.get("fusion") or {}
+        parts.append(f"trained on {Path(args['data']).name}"
+                     + (f" ({fusion['fitted_on']} labelled images)" if "fitted_on" in fusion else ""))
     if "auc" in info.get("val_metrics", {}):
         parts.append(f"validation AUC {info['val_metrics']['auc']:.3f} on "
                      f"{len(info['val_predictions']['label'])} images")
@@ -257,9 +259,11 @@ def write_onnx(network, inputs, props, path, transform):
     def write(tmp):
         # The TorchScript-based exporter writes the network from a trace of one forward pass:
         # what Python computes from the input's shape (EfficientNet's "same" padding) becomes a
-        # constant, right for the network, whose input is always the crop. Its warnings say as much.
+        # constant, right for the network, whose input is always the crop. Its warnings say as much
+        # (and that a slice with a step is left unfolded, which costs nothing here).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, torch.jit.TracerWarning))
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
             torch.onnx.export(network, tuple(inputs.values()), tmp, dynamo=False,
                               opset_version=OPSET, input_names=list(inputs),
                               output_names=["probability"])

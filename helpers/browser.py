@@ -2,8 +2,8 @@
 skip it.
 
 Debian's chromium and chromium-driver packages give the browser and the driver, and the selenium
-package (a test-only dependency) speaks to the driver: both found at fixed paths, so that nothing
-is ever downloaded. The browser logs every request the page makes, to check that none leaves the
+package (a test-only dependency) speaks to the driver. Both are named by their paths: given the
+driver's, selenium skips its Selenium Manager, which would otherwise look for (and download) one. The browser logs every request the page makes, to check that none leaves the
 page's origin.
 """
 import json
