@@ -124,34 +124,38 @@ PHOTO_METADATA = [("", "", ""), ("62", "female", "lower extremity"), ("35", "m",
 
 
 def make_photos(sources, folder):
-    """22 image files made from the lesions of `sources` (at least 20 image files), as photos come: JPEG and
-    PNG, oblong both ways, grayscale, turned by an EXIF tag (their pixels stored on their side), one of 4200 x
-    3000 and two smaller than 64 px; and metadata.csv (isic_id, age_approx, sex, anatom_site_general), some of
-    it unknown. Returns the files' names, in the CSV's order."""
+    """24 image files made from the lesions of `sources` (at least 24 image files), as photos come: JPEG (one
+    progressive) and PNG, oblong both ways, grayscale, turned by an EXIF tag (their pixels stored on their side),
+    one of 4200 x 3000 and two smaller than 64 px; and metadata.csv (isic_id, age_approx, sex,
+    anatom_site_general), some of it unknown. Returns the files' names, in the CSV's order."""
     folder.mkdir(parents=True, exist_ok=True)
-    lesions = [Image.open(path).convert("RGB") for path in sources[:20]]
-    made = {}
+    lesions = iter(Image.open(path).convert("RGB") for path in sources)
+    names = []
 
-    def save(name, image, **options):
-        image.save(folder / name, **options)
-        made[name] = image
+    def save(name, shape, mode="RGB", **options):
+        next(lesions).resize(shape, Image.BICUBIC).convert(mode).save(folder / name, **options)
+        names.append(name)
 
-    jpeg_shapes = [(200, 150), (150, 201), (90, 64), (64, 130), (300, 200), (123, 77), (256, 180), (640, 480)]
-    for i, shape in enumerate(jpeg_shapes):
-        save(f"oblong_{i}.jpg", lesions[i].resize(shape, Image.BICUBIC), quality=90)
+    for i, shape in enumerate([(200, 150), (150, 201), (90, 64), (64, 130), (300, 200), (123, 77), (256, 180),
+                               (640, 480)]):
+        save(f"oblong_{i}.jpg", shape, quality=90)
+    save("progressive.jpg", (320, 240), quality=90, progressive=True)
     for i, shape in enumerate([(150, 200), (201, 150), (64, 64), (97, 131), (333, 250)]):
-        save(f"png_{i}.png", lesions[8 + i].resize(shape, Image.BICUBIC))
-    save("gray_jpeg.jpg", lesions[13].resize((160, 120)).convert("L"), quality=90)
-    save("gray_png.png", lesions[14].resize((120, 160)).convert("L"))
-    for i, (orientation, turn) in enumerate([(6, Image.ROTATE_90), (8, Image.ROTATE_270), (3, Image.ROTATE_180)]):
+        save(f"png_{i}.png", shape)
+    save("gray_jpeg.jpg", (160, 120), "L", quality=90)
+    save("gray_png.png", (120, 160), "L")
+    # Stored on their side, with the tag that says how to turn them upright.
+    for name, orientation, turn in [("exif_6", 6, Image.ROTATE_90), ("exif_8", 8, Image.ROTATE_270),
+                                    ("exif_3", 3, Image.ROTATE_180), ("exif_6b", 6, Image.ROTATE_90),
+                                    ("exif_8b", 8, Image.ROTATE_270)]:
         exif = Image.Exif()
-        exif[0x0112] = orientation  # "turn me this way to view me"
-        upright = lesions[15 + i].resize((180, 120), Image.BICUBIC)
-        save(f"exif_{orientation}.jpg", upright.transpose(turn), quality=90, exif=exif)
-    save("large.jpg", lesions[18].resize((4200, 3000), Image.BICUBIC), quality=85)
-    save("small_jpeg.jpg", lesions[19].resize((40, 30), Image.BICUBIC), quality=90)
-    save("small_png.png", lesions[0].resize((50, 50), Image.BICUBIC))
-    names = list(made)
+        exif[0x0112] = orientation
+        next(lesions).resize((180, 120), Image.BICUBIC).transpose(turn).save(folder / f"{name}.jpg", quality=90,
+                                                                             exif=exif)
+        names.append(f"{name}.jpg")
+    save("large.jpg", (4200, 3000), quality=85)
+    save("small_jpeg.jpg", (40, 30), quality=90)
+    save("small_png.png", (50, 50))
     rows = [dict(zip(["isic_id", "age_approx", "sex", "anatom_site_general"],
                      [Path(name).stem, *PHOTO_METADATA[i % len(PHOTO_METADATA)]])) for i, name in enumerate(names)]
     pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
