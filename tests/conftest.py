@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -113,3 +114,66 @@ def trained_baseline(synthetic_data, tmp_path_factory):
                         monkeypatch=monkeypatch)
     assert code == 0
     return checkpoint, synthetic_data
+
+
+# --- Photos as people take them, for the exported model and the web page ---------------------------
+# Ages, sexes and sites as a CSV (or a page's address) may give them: "m", "F" and "back" are spellings of
+# male, female and posterior torso; "elbow" is no site and 150 no age the models know (scored as unknown).
+PHOTO_METADATA = [("", "", ""), ("62", "female", "lower extremity"), ("35", "m", "back"), ("", "male", ""),
+                  ("80", "", "head/neck"), ("50", "female", "elbow"), ("150", "F", "")]
+
+
+def make_photos(sources, folder):
+    """24 image files made from the lesions of `sources` (at least 24 image files), as photos come: JPEG (one
+    progressive) and PNG, oblong both ways, grayscale, turned by an EXIF tag (their pixels stored on their side),
+    one of 4200 x 3000 and two smaller than 64 px; and metadata.csv (isic_id, age_approx, sex,
+    anatom_site_general), some of it unknown. Returns the files' names, in the CSV's order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lesions = iter(Image.open(path).convert("RGB") for path in sources)
+    names = []
+
+    def save(name, shape, mode="RGB", **options):
+        next(lesions).resize(shape, Image.BICUBIC).convert(mode).save(folder / name, **options)
+        names.append(name)
+
+    for i, shape in enumerate([(200, 150), (150, 201), (90, 64), (64, 130), (300, 200), (123, 77), (256, 180),
+                               (640, 480)]):
+        save(f"oblong_{i}.jpg", shape, quality=90)
+    save("progressive.jpg", (320, 240), quality=90, progressive=True)
+    for i, shape in enumerate([(150, 200), (201, 150), (64, 64), (97, 131), (333, 250)]):
+        save(f"png_{i}.png", shape)
+    save("gray_jpeg.jpg", (160, 120), "L", quality=90)
+    save("gray_png.png", (120, 160), "L")
+    # Stored on their side, with the tag that says how to turn them upright.
+    for name, orientation, turn in [("exif_6", 6, Image.ROTATE_90), ("exif_8", 8, Image.ROTATE_270),
+                                    ("exif_3", 3, Image.ROTATE_180), ("exif_6b", 6, Image.ROTATE_90),
+                                    ("exif_8b", 8, Image.ROTATE_270)]:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        next(lesions).resize((180, 120), Image.BICUBIC).transpose(turn).save(folder / f"{name}.jpg", quality=90,
+                                                                             exif=exif)
+        names.append(f"{name}.jpg")
+    save("large.jpg", (4200, 3000), quality=85)
+    save("small_jpeg.jpg", (40, 30), quality=90)
+    save("small_png.png", (50, 50))
+    rows = [dict(zip(["isic_id", "age_approx", "sex", "anatom_site_general"],
+                     [Path(name).stem, *PHOTO_METADATA[i % len(PHOTO_METADATA)]])) for i, name in enumerate(names)]
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    return names
+
+
+@pytest.fixture(scope="session")
+def photos(trained_baseline, tmp_path_factory):
+    """The baseline's export, make_photos' images and evaluate.py --predict --no-tta's probabilities for them
+    with their metadata: (the .onnx file, the photos' folder, their file names, {isic_id: probability})."""
+    import evaluate
+
+    checkpoint, data = trained_baseline
+    folder = tmp_path_factory.mktemp("photos")
+    names = make_photos(sorted((data / "images").glob("*.jpg")), folder / "images")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_main(evaluate, checkpoint, "--export", folder / "baseline.onnx", monkeypatch=monkeypatch) == 0
+        assert run_main(evaluate, checkpoint, "--predict", folder / "images" / "metadata.csv", "--no-tta", "--out",
+                        folder / "out", monkeypatch=monkeypatch) == 0
+    expected = pd.read_csv(folder / "out" / "submission.csv")
+    return folder / "baseline.onnx", folder / "images", names, dict(zip(expected["isic_id"], expected["target"]))
