@@ -2,9 +2,9 @@
 
 The model: benchmarks/quality.py's recipe budget-lite0-folds5-fixed, seed 0 (the README's: 5 folds
 on a balanced budget of 400 HAM10000 images), trained by quality.py if it is not there yet. A
-checkpoint trained before train.py stored the prevalence and the novelty statistics gets them here,
-exactly as train.py adds them at the end of training (chapters/calibration.py record_prevalence,
-chapters/novelty.py add_statistics).
+checkpoint trained before train.py stored the prevalence gets it here, and the novelty statistics
+are computed again (a checkpoint may hold an earlier method's), exactly as train.py adds them at
+the end of training (chapters/calibration.py record_prevalence, chapters/novelty.py add_statistics).
 
 Scored with evaluate.py, as a user would (each command is printed):
   the test pool   ~1,500 HAM10000 images of lesions the budget never drew from (17 % malignant);
@@ -79,14 +79,15 @@ def as_bytes(array):
 
 
 def with_statistics(checkpoint, data):
-    """The checkpoint, with the prevalence and the novelty statistics added as train.py adds them."""
+    """The checkpoint, with the prevalence added as train.py adds it, and the novelty statistics
+    computed again as train.py computes them now (so a checkpoint from an earlier method is
+    measured with the present one)."""
     saved = read_checkpoint(checkpoint)
     args = argparse.Namespace(**{**saved["args"], "out": checkpoint, "data": data, "dry_run": False,
                                  "unlike_share": saved["args"].get("unlike_share", 0.01)})
     if "prevalence" not in saved:
         calibration.record_prevalence(args)
-    if "novelty" not in saved:
-        novelty.add_statistics(args, "cpu")
+    novelty.add_statistics(args, "cpu")
     return checkpoint
 
 

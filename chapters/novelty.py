@@ -3,33 +3,43 @@
 A classifier answers every image it is given. Handed a phone photograph, a clinical close-up or a
 picture that is not skin at all, a model trained on dermoscopy still says "P(malignant) = 0.42",
 with the same confidence as for a lesion like its training images, and that number means nothing.
-The model's own features can tell: the pooled features before its head (1,280 numbers for
-EfficientNet-Lite0), scaled to length 1, of images like the training ones gather in one region, and
-an image far from it is one the model never learnt to read. So each scored image also gets its
-distance from the training images, and a flag, `unlike_training`, where that distance is beyond
-what images like the training ones reach.
+The model's own features can tell. Not only the last ones, before its head, which were trained to
+tell benign from malignant and can place a photograph of a face among the lesions: each stage of
+the backbone describes the image at its own scale, from colours and edges in the first to shapes in
+the last. Each stage's output, averaged over the image (one number per channel: 784 for
+EfficientNet-Lite0's seven stages), all stages side by side and scaled to length 1, is the image's
+description; images like the training ones gather in one region, and an image far from it is one
+the model never learnt to read (measured: benchmarks/novelty.py ranks every photograph above every
+test lesion this way, where the last features alone rank them at 0.95). So each scored image also
+gets its distance from the training images, and a flag, `unlike_training`, where that distance is
+beyond what images like the training ones reach.
 
 The distance (Mahalanobis, as Lee et al., NeurIPS 2018 use it on a network's features): how far an
 image's features lie from the training images' mean, measured in each direction against how much
-the training images vary in it. A few hundred images cannot estimate 1,280 x 1,280 covariances, so
-the covariance is reduced (probabilistic PCA, Tipping & Bishop 1999): the COMPONENTS directions in
+the training images vary in it. A few hundred images cannot estimate 784 x 784 covariances, so the
+covariance is reduced (probabilistic PCA, Tipping & Bishop 1999): the COMPONENTS directions in
 which the training images vary most keep their own variances, and every other direction shares one,
-the mean of the rest. The statistics are of bounded size whatever the training set: a mean, a
+the mean of the rest. Two are enough (chosen on a development pool of lesions and half of the
+photographs: RESULTS.md): the distance mostly counts how far an image strays from where the
+training images lie. The statistics are of bounded size whatever the training set: a mean, a
 COMPONENTS x features basis and COMPONENTS + 1 variances, found from sums accumulated batch by batch
 (never all the features at once), on at most STATISTICS_IMAGES training images.
 
 The cut-off. Training images sit closer to their own statistics than new images like them do, so
 the cut-off is set on held-out images: the val split, or with --folds each fold's own held-out
-images (every train and val image, each measured by the one model that never saw it). Their
-log-distances are summarised by a mean and a standard deviation, and an image's distance is
-reported as how many of those standard deviations it lies beyond the held-out mean. 60 validation
-images cannot place a 1 % cut-off by counting (it would rest on less than one image), but they can
-estimate a mean and a spread: the cut-off assumes the log-distances of images like the training ones
-fall off as a normal distribution's, and flags the share --unlike-share (1 %) of it, 2.33 standard
-deviations. Whether that holds is measured on images the model never saw (benchmarks/novelty.py).
-A fold ensemble's rule: each fold's model measures the distance to its own training images, in its
-own held-out standard deviations, and the image's distance is the mean over the folds (an ensemble
-of checkpoints: over all their models).
+images (every train and val image, each measured by the one model that never saw it). Each model's
+held-out log-distances are counted in their own standard deviations from their mean, and the
+cut-off is read off these held-out distances by counting, assuming no shape for their tail: of n
+held-out images, the ceil((n + 1)(1 - share))-th smallest distance, where share is --unlike-share
+(1 %). A new image like the held-out ones is then flagged with a chance of at most share (it is as
+likely to fall in any of the n + 1 gaps the held-out distances leave; conformal prediction, Vovk et
+al. 2005). 340 out-of-fold images place a 1 % cut-off at their third largest distance; with fewer
+than 1 / share - 1 images (60 validation images, 1 %) even the largest held-out distance promises
+only 1 / (n + 1), and that is the cut-off, said when it is set. A fold ensemble's rule: each fold's
+model measures the distance to its own training images, in its own held-out standard deviations,
+and the image's distance is the mean over the folds (an ensemble of checkpoints: over all their
+models). Other lesions than the budget's, from the same collection, come out near the promise and
+above it (1.0 % and 2.0 % of two pools of 1,500 for 1 %: benchmarks/novelty.py).
 
 train.py stores the statistics in the checkpoint (add_statistics); evaluate.py's report counts the
 flagged images and writes both columns to predictions.csv, --predict to OUT/predictions.csv beside
@@ -37,7 +47,7 @@ submission.csv, and --image says it in words (check). A checkpoint from before h
 then there is no flag, and a note says so.
 """
 import argparse
-from statistics import NormalDist
+import math
 
 import pandas as pd
 import torch
@@ -45,12 +55,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from chapters import cross_validation
-from chapters.linear_probe import head_name
 from dataset import CustomDataset, build_transforms, loader_options, read_split
 from helpers.files import save_atomically
 from model import FoldEnsemble, load_checkpoint, read_checkpoint, save_checkpoint
 
-COMPONENTS = 32             # directions with a variance of their own
+COMPONENTS = 2              # directions with a variance of their own
 STATISTICS_IMAGES = 20_000  # the most training images the statistics are computed on
 
 
@@ -75,23 +84,40 @@ def unlike_share(text):
 
 # --- 1. The features: what the model sees in an image, before its head --------------------------
 
+def stage_ends(model):
+    """The modules whose outputs describe the image stage by stage: EfficientNet-Lite0's last block
+    of each stage (the next one changes the width or the size), a ResNet's four layers, the
+    baseline's four blocks (each ends by halving the image)."""
+    if hasattr(model, "_blocks"):
+        blocks = list(model._blocks)
+        return [block for block, after in zip(blocks, blocks[1:] + [None])
+                if after is None or not after.residual]
+    if hasattr(model, "layer4"):
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+    return [module for module in model.features if isinstance(module, nn.MaxPool2d)]
+
+
 @torch.inference_mode()
 def feature_batches(model, table, transform, device, batch_size=64, workers=0):
-    """The pooled features of every image of the table, scaled to length 1, one batch at a time."""
-    name = head_name(model)
-    head = getattr(model, name)
-    setattr(model, name, nn.Identity())  # for now the model ends with its features
+    """Each image of the table described by every stage of the model: each stage's output averaged
+    over the image, side by side, scaled to length 1. One batch at a time."""
+    outputs = []
+    hooks = [module.register_forward_hook(lambda _, __, output: outputs.append(output))
+             for module in stage_ends(model)]
     model.eval()
     try:
         loader = DataLoader(CustomDataset(table, transform), batch_size, shuffle=False,
                             **loader_options(workers))
         for images, _ in loader:
-            features = model(images.to(device)).double().cpu()
+            outputs.clear()
+            model(images.to(device))
+            features = torch.cat([output.mean(dim=(2, 3)) for output in outputs], 1).double().cpu()
             # Their direction, not their length: images unlike the training ones differ in which
             # features light up more than in how much (measured: benchmarks/novelty.py)
             yield features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
     finally:
-        setattr(model, name, head)
+        for hook in hooks:
+            hook.remove()
 
 
 # --- 2. The statistics, from the training images -------------------------------------------------
@@ -126,15 +152,26 @@ def log_distance(features, statistics):
 
 
 def member_statistics(model, train_table, held_out_table, transform, device, seed):
-    """One model's statistics from (at most STATISTICS_IMAGES of) its training images, and the mean
-    and spread of its held-out images' log-distances."""
+    """One model's statistics from (at most STATISTICS_IMAGES of) its training images, the mean
+    and spread of its held-out images' log-distances, and those distances counted in that spread
+    (for the cut-off; not stored)."""
     if len(train_table) > STATISTICS_IMAGES:
         train_table = train_table.sample(n=STATISTICS_IMAGES, random_state=seed)
     statistics = fit_statistics(feature_batches(model, train_table, transform, device))
     held_out = torch.cat([log_distance(features, statistics) for features in
                           feature_batches(model, held_out_table, transform, device)])
-    return {**statistics, "held_out_mean": held_out.mean().item(),
-            "held_out_std": held_out.std().clamp(min=1e-6).item(), "held_out": len(held_out)}
+    mean, spread = held_out.mean().item(), held_out.std().clamp(min=1e-6).item()
+    return {**statistics, "held_out_mean": mean, "held_out_std": spread, "held_out": len(held_out),
+            "held_out_distances": (held_out - mean) / spread}
+
+
+def cutoff_by_counting(distances, share):
+    """The ceil((n + 1)(1 - share))-th smallest of n held-out distances (the largest when there are
+    too few for share), and the share of images like them it may flag: (n + 1 - rank) / (n + 1)."""
+    ordered = torch.sort(torch.as_tensor(distances, dtype=torch.float64)).values
+    # - 1e-9: a product meant to be whole may come out a hair above it in floating point
+    rank = min(math.ceil((len(ordered) + 1) * (1 - share) - 1e-9), len(ordered))
+    return ordered[rank - 1].item(), (len(ordered) + 1 - rank) / (len(ordered) + 1)
 
 
 def add_statistics(args, device):
@@ -153,14 +190,19 @@ def add_statistics(args, device):
         members, tables = [model], [(read_split(args.data, "train"), read_split(args.data, "val"))]
     found = [member_statistics(member, train, held_out, transform, device, args.seed)
              for member, (train, held_out) in zip(members, tables)]
-    cutoff = NormalDist().inv_cdf(1 - args.unlike_share)
-    checkpoint["novelty"] = {"members": found, "cutoff": cutoff, "share": args.unlike_share}
+    held_out = torch.cat([statistics.pop("held_out_distances") for statistics in found])
+    cutoff, promised = cutoff_by_counting(held_out, args.unlike_share)
+    checkpoint["novelty"] = {"members": found, "cutoff": cutoff, "share": args.unlike_share,
+                             "held_out": len(held_out)}
     save_checkpoint(args.out, checkpoint.pop("state_dict"), **checkpoint)
-    held_out = sum(statistics["held_out"] for statistics in found)
     print(f"'unlike training' statistics of {len(found)} model(s), from "
           f"{sum(statistics['images'] for statistics in found)} training images; cut-off "
-          f"{cutoff:.2f} held-out standard deviations (to flag {args.unlike_share:.1%} of images "
-          f"like them), set on {held_out} held-out images")
+          f"{cutoff:.2f} held-out standard deviations, counted on {len(held_out)} held-out images: "
+          f"flags at most {promised:.1%} of images like them")
+    if promised > args.unlike_share:
+        print(f"note: {len(held_out)} held-out images are too few to set a cut-off for "
+              f"--unlike-share {args.unlike_share}: the largest of their distances is used, which "
+              f"may flag up to {promised:.1%}")
 
 
 # --- 3. Every scored image measured ---------------------------------------------------------------

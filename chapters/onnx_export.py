@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from chapters import calibration
 from chapters.metadata import SEXES, SITES, WORD_COLUMNS, LateFusion, metadata_features
 from helpers.files import DataError, save_atomically
 from helpers.onnx_graph import Builder
@@ -204,11 +205,11 @@ def export(models, threshold, path):
     fusion, size = info.get("fusion"), info["img_size"]
     network = Network(model.cpu(), info["mean"], info["std"], fusion).eval()
     props = {"model": describe(info), "image_size": str(size), "threshold": f"{threshold:.6g}",
-             "prevalence": f"{np.mean(info['val_predictions']['label']):.4g}",
+             "prevalence": f"{calibration.recorded_prevalence(info)['assumed']:.4g}",
              "inputs": INPUTS,
              "output": "'probability': P(malignant) of the image, from one view (evaluate.py "
                        "--predict --no-tta), for lesions of whom the malignant share is "
-                       "prevalence, as among the held-out images it was calibrated on; "
+                       "prevalence, the share it learnt from (chapters/calibration.py); "
                        "malignant when at least threshold, chosen on the validation images"}
     inputs = {"crop": torch.zeros(1, 3, size, size, dtype=torch.uint8)}
     if fusion:

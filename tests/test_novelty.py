@@ -33,13 +33,52 @@ def test_statistics_and_distance_by_hand():
     assert at_once["variances"].tolist() == pytest.approx(statistics["variances"].tolist())
 
 
+def test_cutoff_counted_on_held_out_distances_by_hand():
+    # Nine held-out distances 1..9 leave ten gaps: the 9th smallest leaves one gap of ten above it.
+    distances = [5.0, 1, 9, 3, 7, 2, 8, 4, 6]
+    assert novelty.cutoff_by_counting(distances, 0.1) == (9.0, pytest.approx(0.1))
+    assert novelty.cutoff_by_counting(distances, 0.2) == (8.0, pytest.approx(0.2))  # ceil(10 x 0.8)
+    # Too few for 5 %: the largest, which promises only 1 in 10.
+    assert novelty.cutoff_by_counting(distances, 0.05) == (9.0, pytest.approx(0.1))
+    # Ten distances, 10 %: ceil(11 x 0.9) = 10, the largest, one gap of eleven above it (not the
+    # 9th, as counting n x 0.9 of them would say: then two gaps of eleven, 18 %).
+    assert novelty.cutoff_by_counting(range(1, 11), 0.1) == (10.0, pytest.approx(1 / 11))
+    # Nineteen distances, 10 %: the 18th smallest, two gaps of twenty above it.
+    assert novelty.cutoff_by_counting(range(1, 20), 0.1) == (18.0, pytest.approx(0.1))
+
+
+def test_stage_features_by_hand(tmp_path):
+    # The baseline's four stages (16, 32, 64 and 128 channels), each averaged over the image, side
+    # by side: 240 numbers of length 1 together.
+    from model import build_model
+
+    model = build_model("baseline")
+    Image.new("RGB", (8, 8)).save(tmp_path / "any.png")  # read, then replaced by the image below
+    table = pd.DataFrame({"load_path": [str(tmp_path / "any.png")], "label": [0]})
+    image = torch.rand(1, 3, 32, 32)
+    outputs = []
+    for module in novelty.stage_ends(model):
+        module.register_forward_hook(lambda _, __, output: outputs.append(output.mean(dim=(2, 3))))
+    model.eval()
+    with torch.no_grad():
+        model(image)
+    expected = torch.cat(outputs, 1).double()
+    assert expected.shape == (1, 240)
+    batches = list(novelty.feature_batches(model, table, lambda _: image[0], "cpu"))
+    assert len(batches) == 1
+    assert batches[0].norm().item() == pytest.approx(1.0)
+    assert torch.allclose(batches[0], expected / expected.norm(), atol=1e-6)
+
+
 def test_the_flag_reaches_report_predict_and_image(trained_baseline, tmp_path, monkeypatch, capsys):
     from conftest import run_main
 
     checkpoint, data = trained_baseline
     recorded = torch.load(checkpoint, weights_only=True)["novelty"]
-    assert recorded["cutoff"] == pytest.approx(2.326, abs=1e-3)  # 1 % of a normal distribution
-    assert recorded["members"][0]["basis"].shape == (novelty.COMPONENTS, 128)  # the baseline's 128 features
+    # The synthetic set's validation images: too few for 1 %, so the largest of their distances.
+    assert recorded["held_out"] < 99
+    assert recorded["cutoff"] > 0
+    assert recorded["members"][0]["basis"].shape == (novelty.COMPONENTS, 240)  # 16 + 32 + 64 + 128
     assert run_main(evaluate, checkpoint, "--out", tmp_path / "report", monkeypatch=monkeypatch) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     predictions = pd.read_csv(tmp_path / "report" / "predictions.csv")
