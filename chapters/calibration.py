@@ -32,7 +32,6 @@ go wrong, and this chapter measures and names both.
 The metrics are written by hand; benchmarks/metrics_vs_sklearn.py checks the Brier score and the
 bins against scikit-learn's.
 """
-import argparse
 import bisect
 import math
 
@@ -41,6 +40,7 @@ import torch
 from chapters.metadata import logistic_regression
 from dataset import read_labels
 from helpers.charts import draw_reliability
+from helpers.files import number
 from model import read_checkpoint, save_checkpoint
 
 BINS = 10
@@ -54,6 +54,7 @@ REFIT_CONFLICT = ("--prevalence with --refit-fusion: refitting the fusion on the
 def add_evaluation_options(parser):
     """evaluate.py's option: the share of malignant lesions the probabilities are to be read for."""
     parser = parser.add_argument_group("calibration and prevalence (chapters/calibration.py)")
+    share = number(float, 0, 1, low_open=True, high_open=True)
     parser.add_argument("--prevalence", type=share, default=None, metavar="P",
                         help="give every probability (and move the threshold with it) for a "
                              "population where this share is malignant, e.g. 0.02 for screening "
@@ -64,16 +65,6 @@ def refuse_conflicts(args, parser):
     if args.prevalence and args.refit_fusion:
         parser.error(REFIT_CONFLICT)
 
-
-def share(text):
-    """An argparse type: a share strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, not {text}")
-    return value
 
 
 # --- 1. Calibration, by hand ----------------------------------------------------------------------

@@ -46,7 +46,6 @@ flagged images and writes both columns to predictions.csv, --predict to OUT/pred
 submission.csv, and --image says it in words (check). A checkpoint from before has no statistics:
 then there is no flag, and a note says so.
 """
-import argparse
 import math
 
 import pandas as pd
@@ -56,7 +55,7 @@ from torch.utils.data import DataLoader
 
 from chapters import cross_validation
 from dataset import CustomDataset, build_transforms, loader_options, read_split
-from helpers.files import save_atomically
+from helpers.files import number, save_atomically
 from model import FoldEnsemble, load_checkpoint, read_checkpoint, save_checkpoint
 
 COMPONENTS = 2              # directions with a variance of their own
@@ -66,20 +65,11 @@ STATISTICS_IMAGES = 20_000  # the most training images the statistics are comput
 def add_training_options(parser):
     """train.py's option: how many images like the training ones the flag may mark."""
     parser = parser.add_argument_group("the 'unlike training' flag (chapters/novelty.py)")
-    parser.add_argument("--unlike-share", type=unlike_share, default=0.01, metavar="S",
+    share = number(float, 0, 0.5, low_open=True, high_open=True)
+    parser.add_argument("--unlike-share", type=share, default=0.01, metavar="S",
                         help="the share of images like the training ones that the "
                              "'unlike training' flag may mark: sets its cut-off")
 
-
-def unlike_share(text):
-    """An argparse type: a share strictly between 0 and 0.5."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"must be above 0 and below 0.5, not {text}")
-    return value
 
 
 # --- 1. The features: what the model sees in an image, before its head --------------------------

@@ -112,8 +112,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def number(kind=float, low=None, high=None, low_open=False):
-    """An argparse type: a number of this kind, at least `low` (above it, with low_open) and at most `high`."""
+def number(kind=float, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a number of this kind, at least `low` (above it, with low_open) and at most `high` (below
+    it, with high_open)."""
     def parse(text):
         try:
             value = kind(text)
@@ -121,9 +122,10 @@ def number(kind=float, low=None, high=None, low_open=False):
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") \
                 from None
         too_low = low is not None and (value <= low if low_open else value < low)
-        if value != value or too_low or (high is not None and value > high):  # value != value: nan
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if value != value or too_low or too_high:  # value != value: nan
             wanted = [f"above {low}" if low_open else f"at least {low}"] if low is not None else []
-            wanted += [f"at most {high}"] if high is not None else []
+            wanted += [f"below {high}" if high_open else f"at most {high}"] if high is not None else []
             raise argparse.ArgumentTypeError(f"must be {' and '.join(wanted)}, not {text}")
         return value
     return parse

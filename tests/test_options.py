@@ -21,6 +21,8 @@ BAD_NUMBERS = [
     (train, ["--folds"], ["--folds", "0"]),
     (evaluate, ["--batch-size"], ["absent.pt", "--batch-size", "0"]),
     (evaluate, ["--target-sensitivity"], ["absent.pt", "--target-sensitivity", "1.5"]),
+    (evaluate, ["--prevalence"], ["absent.pt", "--prevalence", "1"]),  # a share strictly below 1
+    (train, ["--unlike-share"], ["--unlike-share", "0.5"]),
     (prepare_data, ["--val-fraction"], ["--val-fraction", "1.2"]),
     (prepare_data, ["--test-fraction"], ["--test-fraction", "0"]),
     (prepare_data, ["--val-fraction", "--test-fraction"], ["--val-fraction", "0.5", "--test-fraction", "0.5"]),
