@@ -131,14 +131,15 @@ def fit_statistics(batches, components=COMPONENTS):
             "residual_variance": max(variances[kept:].mean().item(), floor), "images": count}
 
 
-def log_distance(features, statistics):
+def log_distance(features, statistics, dtype=torch.float64):
     """log of the squared distance of each image's features: along the main directions each
     divided by its own variance, the rest by the shared one."""
-    centred = features.double() - statistics["mean"].double()
-    along = centred @ statistics["basis"].double().T
-    inside = (along ** 2 / statistics["variances"].double()).sum(1)
+    centred = features.to(dtype) - statistics["mean"].to(dtype)
+    along = centred @ statistics["basis"].to(dtype).T
+    inside = (along ** 2 / statistics["variances"].to(dtype)).sum(1)
     rest = ((centred ** 2).sum(1) - (along ** 2).sum(1)).clamp(min=0)
-    return (inside + rest / statistics["residual_variance"]).clamp(min=1e-300).log()
+    smallest = torch.finfo(dtype).tiny
+    return (inside + rest / statistics["residual_variance"]).clamp(min=smallest).log()
 
 
 def member_statistics(model, train_table, held_out_table, transform, device, seed):
@@ -254,3 +255,40 @@ def write_predictions(table, probabilities, columns, path):
     predictions = pd.DataFrame({"isic_id": table["isic_id"], "probability_malignant": probabilities,
                                 **columns})
     save_atomically(path, lambda tmp: predictions.to_csv(tmp, index=False))
+
+
+# --- 4. The flag inside the exported model ---------------------------------------------------------
+
+class Distance(nn.Module):
+    """check's distance as one module, for the ONNX export (chapters/onnx_export.py): hooked on the
+    stages of a model (each of a fold ensemble's), it reads what the model's forward pass leaves
+    there; calling it gives each image's distance, in float32, as check computes it in float64."""
+
+    def __init__(self, model, record):
+        super().__init__()
+        members = model.members if isinstance(model, FoldEnsemble) else [model]
+        self.outputs, self.cutoff = [], record["cutoff"]
+        for member in members:
+            for module in stage_ends(member):
+                module.register_forward_hook(lambda _, __, output: self.outputs.append(output))
+        self.stages = len(stage_ends(members[0]))
+        self.statistics = [{key: statistics[key] for key in ("mean", "basis", "variances",
+                                                             "residual_variance", "held_out_mean",
+                                                             "held_out_std")}
+                           for statistics in record["members"]]
+        for k, statistics in enumerate(self.statistics):  # so that the export holds them
+            for key in ("mean", "basis", "variances"):
+                self.register_buffer(f"{key}_{k}", statistics[key])
+
+    def forward(self):
+        distances = []
+        for k, statistics in enumerate(self.statistics):
+            outputs = self.outputs[k * self.stages:(k + 1) * self.stages]
+            features = torch.cat([output.mean(dim=(2, 3)) for output in outputs], 1).float()
+            features = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            buffers = {key: getattr(self, f"{key}_{k}") for key in ("mean", "basis", "variances")}
+            log_distances = log_distance(features, {**statistics, **buffers}, torch.float32)
+            distances.append((log_distances - statistics["held_out_mean"])
+                             / statistics["held_out_std"])
+        self.outputs.clear()
+        return torch.stack(distances).mean(0)

@@ -11,8 +11,11 @@ bytes, height x width x 3, any size) and does all that evaluate.py --predict --n
    trained with metadata, the fusion (Network, traced from PyTorch at the model's fixed size), fed
    the metadata as a page can give it (PageMetadata): age in years, sex and site as indices into
    the words the fusion knows, each of them possibly unknown;
+3. the probability moved to the population the input 'prevalence' names (NaN: the one the model
+   learnt from; chapters/calibration.py) and, where the checkpoint holds chapters/novelty.py's
+   statistics, the image's distance from the training images and the 'unlike training' flag;
 so that a consumer decodes the image and makes one call. Its metadata_props (pairs of strings) say
-what the inputs are, the threshold, the words, and what the model is. Before the file is kept, ONNX
+what the inputs and outputs are, the threshold, the prevalence, the words, and what the model is. Before the file is kept, ONNX
 Runtime runs it on images of several sizes and must agree with PyTorch; the README shows it in use.
 Needs the onnx and onnxruntime packages, an extra: python -m pip install -r requirements-onnx.txt
 
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from chapters import calibration
+from chapters import calibration, novelty
 from chapters.metadata import SEXES, SITES, WORD_COLUMNS, LateFusion, metadata_features
 from helpers.files import DataError, save_atomically
 from helpers.onnx_graph import Builder
@@ -43,6 +46,17 @@ INPUTS = ("input 'pixels': the image as decoded, uint8, shape (height, width, 3)
           "(EXIF orientation applied), any size. The graph resizes it as evaluate.py --predict "
           "--no-tta does (shorter side to image_size, antialiased bilinear, as torchvision's "
           "Resize on 8-bit images), crops the central square and normalises it")
+PREVALENCE_INPUT = ("; input 'prevalence': float32, shape (1,), the share of malignant lesions in "
+                    "the population the probability is for (0.02 for a screening clinic), NaN for "
+                    "the share the model learnt from (the prevalence prop)")
+OUTPUT = ("'probability': P(malignant) of the image, from one view (evaluate.py --predict --no-tta), "
+          "for a population of which the share 'prevalence' is malignant; malignant when at "
+          "least threshold (chosen on the validation images; for another prevalence P, moved as "
+          "the probability is: logit(t') = logit(t) + logit(P) - logit(prevalence))")
+UNLIKE_OUTPUTS = ("; 'distance_from_training': how far the image lies from the training images, "
+                  "in held-out standard deviations (chapters/novelty.py); 'unlike_training': 1 "
+                  "beyond {cutoff:.4g}, an image unlike any the model learnt from, whose "
+                  "probability means little")
 METADATA_INPUTS = ("inputs 'age': float32, shape (1,), in years, NaN if unknown; 'sex' and "
                    "'site': int64, shape (1,), the index of the word in words, -1 if unknown. "
                    "The other metadata_features (ISIC 2024's lesion measurements, which no "
@@ -168,25 +182,44 @@ def add_options(instead):
 class Network(nn.Module):
     """The whole prediction after the crop: the crop's bytes normalised as
     dataset.build_transforms does, P(malignant) from the model and, for a model trained with
-    metadata, its fusion with the page's metadata."""
+    metadata, its fusion with the page's metadata; then the probability moved to the population
+    the input 'prevalence' names (chapters/calibration.py) and, where the checkpoint has the
+    statistics, the image's distance from the training images (chapters/novelty.py)."""
 
-    def __init__(self, model, mean, std, fusion=None):
+    def __init__(self, model, mean, std, fusion=None, assumed=0.5, unlike=None):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.fusion = LateFusion(fusion) if fusion else None
         self.metadata = PageMetadata(fusion) if fusion else None
+        self.register_buffer("assumed", torch.tensor([assumed]))  # the share it learnt from
+        self.distance = novelty.Distance(model, unlike) if unlike else None
 
-    def forward(self, crop, *metadata):
+    def forward(self, crop, prevalence, *metadata):
         images = (crop.float() * (1 / 255) - self.mean) / self.std  # ToDtype(scale), Normalize
-        return self.score(images, *metadata)
+        probability = self.to_prevalence(self.score(images, *metadata), prevalence)
+        if self.distance is None:
+            return probability
+        distance = self.distance()  # from what the model's stages left in this forward pass
+        return probability, distance, (distance > self.distance.cutoff).to(torch.int64)
+
+    def to_prevalence(self, probability, prevalence):
+        """Bayes' rule, as calibration.to_prevalence: logit(p') = logit(p) + logit(P) -
+        logit(P_assumed); NaN (unknown) is the share it learnt from, which changes nothing."""
+        target = torch.where(prevalence.isnan(), self.assumed, prevalence)
+        shift = logit(target) - logit(self.assumed)
+        return torch.sigmoid(logit(probability) + shift)
 
     def score(self, images, *metadata):
         """P(malignant) of normalised images (and the metadata of forward)."""
         probability = self.model(images).float().softmax(dim=1)[:, 1]
         return probability if self.fusion is None else self.fusion(probability,
                                                                     self.metadata(*metadata))
+
+
+def logit(p):
+    return torch.log(p) - torch.log(1 - p)
 
 
 # The metadata inputs when nothing is known.
@@ -202,16 +235,14 @@ def export(models, threshold, path):
         raise ValueError("--export writes one checkpoint (a --folds run's models are one file "
                          "already); give one")
     model, info = models.members[0]
-    fusion, size = info.get("fusion"), info["img_size"]
-    network = Network(model.cpu(), info["mean"], info["std"], fusion).eval()
+    fusion, size, unlike = info.get("fusion"), info["img_size"], info.get("novelty")
+    assumed = calibration.recorded_prevalence(info)["assumed"]
+    network = Network(model.cpu(), info["mean"], info["std"], fusion, assumed, unlike).eval()
     props = {"model": describe(info), "image_size": str(size), "threshold": f"{threshold:.6g}",
-             "prevalence": f"{calibration.recorded_prevalence(info)['assumed']:.4g}",
-             "inputs": INPUTS,
-             "output": "'probability': P(malignant) of the image, from one view (evaluate.py "
-                       "--predict --no-tta), for lesions of whom the malignant share is "
-                       "prevalence, the share it learnt from (chapters/calibration.py); "
-                       "malignant when at least threshold, chosen on the validation images"}
-    inputs = {"crop": torch.zeros(1, 3, size, size, dtype=torch.uint8)}
+             "prevalence": f"{assumed:.6g}", "inputs": INPUTS + PREVALENCE_INPUT,
+             "output": OUTPUT + (UNLIKE_OUTPUTS.format(cutoff=unlike["cutoff"]) if unlike else "")}
+    inputs = {"crop": torch.zeros(1, 3, size, size, dtype=torch.uint8),
+              "prevalence": torch.tensor([math.nan])}
     if fusion:
         inputs.update(UNKNOWN)
         props.update(metadata_inputs=METADATA_INPUTS,
@@ -277,7 +308,8 @@ def write_onnx(network, inputs, props, path, transform):
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)
             torch.onnx.export(network, tuple(inputs.values()), tmp, dynamo=False,
                               opset_version=OPSET, input_names=list(inputs),
-                              output_names=["probability"])
+                              output_names=["probability", "distance_from_training",
+                                            "unlike_training"][:3 if network.distance else 1])
         traced = onnx.load(tmp)
         front = preprocessing_graph(size)
         front.ir_version = traced.ir_version
@@ -302,21 +334,30 @@ def example_images(size, generator):
 
 def check(path, network, transform, inputs, tolerance=1e-4):
     """ONNX Runtime's probabilities for random images (with random metadata, when the network
-    weighs it) must be the PyTorch pipeline's to `tolerance`, or ValueError."""
+    weighs it, and for its own population and another) must be the PyTorch pipeline's to
+    `tolerance`, and so must the distances from the training images, or ValueError."""
     _, onnxruntime = import_onnx()
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     gaps = []
     for number, pixels in enumerate(example_images(inputs["crop"].shape[-1], generator)):
-        metadata = {name: example_metadata(name, number) for name in inputs if name != "crop"}
+        prevalence = torch.tensor([[math.nan, 0.02][number % 2]])
+        metadata = {name: example_metadata(name, number) for name in inputs
+                    if name not in ("crop", "prevalence")}
         with torch.inference_mode():
             image = transform(v2.functional.to_image(pixels.numpy()))
-            expected = network.score(image[None], *metadata.values()).item()
-        feed = {"pixels": pixels.numpy(), **{name: value.numpy() for name, value in metadata.items()}}
-        gaps.append(abs(session.run(None, feed)[0][0] - expected))
+            expected = [network.to_prevalence(network.score(image[None], *metadata.values()),
+                                              prevalence)]
+            if network.distance is not None:
+                expected.append(network.distance())
+        feed = {"pixels": pixels.numpy(), "prevalence": prevalence.numpy(),
+                **{name: value.numpy() for name, value in metadata.items()}}
+        got = session.run(None, feed)
+        # A distance is a log, in held-out standard deviations: 1e-4 of it is as strict.
+        gaps += [abs(got[k][0] - value.item()) for k, value in enumerate(expected)]
     if not max(gaps) <= tolerance:  # also refuses NaN
-        raise ValueError(f"the ONNX graph's probabilities differ from PyTorch's by up to "
-                         f"{max(gaps):.2g} (more than {tolerance:g}) on {len(gaps)} test images; "
+        raise ValueError(f"the ONNX graph's outputs differ from PyTorch's by up to "
+                         f"{max(gaps):.2g} (more than {tolerance:g}) on {len(gaps)} test values; "
                          "not written. Please report this with the checkpoint's model name and "
                          f"torch {torch.__version__}")
 

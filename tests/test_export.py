@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pandas as pd
+import pytest
+from PIL import Image
 
 import evaluate
 from chapters import onnx_export
@@ -41,17 +43,18 @@ def predict_no_tta(checkpoint, path, out, monkeypatch):
     return pd.read_csv(out / "submission.csv")
 
 
-def score(session, path, age="", sex="", site=""):
+def score(session, path, age="", sex="", site="", prevalence=np.nan, outputs=False):
     """P(malignant) of an image file from the graph alone: decoded as --predict decodes it, then one call, its
-    metadata given as words (those the model does not know: -1, unknown)."""
-    feed = {"pixels": np.asarray(load_image(path))}
+    metadata given as words (those the model does not know: -1, unknown); with outputs, every output."""
+    feed = {"pixels": np.asarray(load_image(path)), "prevalence": np.array([prevalence], np.float32)}
     if "words" in (props := session.get_modelmeta().custom_metadata_map):
         words = json.loads(props["words"])
         sex, site = SEXES.get(sex.lower()), SITES.get(site.lower())
         feed.update(age=np.array([float(age) if age else np.nan], np.float32),
                     sex=np.array([words["sex"].index(sex) if sex in words["sex"] else -1]),
                     site=np.array([words["site"].index(site) if site in words["site"] else -1]))
-    return float(session.run(None, feed)[0][0])
+    found = session.run(None, feed)
+    return [float(output[0]) for output in found] if outputs else float(found[0][0])
 
 
 def test_the_graph_alone_scores_photos_as_predict_no_tta(photos):
@@ -68,6 +71,37 @@ def test_the_graph_alone_scores_photos_as_predict_no_tta(photos):
     # The metadata moves the probabilities: scored as unknown, they are not --predict's.
     unknown = [abs(score(session, folder / name) - expected[name.rsplit(".", 1)[0]]) for name in names]
     assert max(unknown) > 1e-3
+
+
+def test_the_graph_gives_a_populations_probability_and_the_flag_as_predict_does(trained_baseline, tmp_path,
+                                                                                monkeypatch):
+    # --predict --no-tta --prevalence 0.02 and its predictions.csv (distance and flag) against the graph fed 0.02,
+    # on two test lesions and two pictures that are not skin (flat green, stripes), which the flag must mark.
+    checkpoint, data = trained_baseline
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (20, 200, 40)).save(folder / "green.png")
+    Image.frombytes("L", (64, 64), bytes((x // 4 % 2) * 255 for _ in range(64) for x in range(64))).convert(
+        "RGB").save(folder / "stripes.png")
+    for i, path in enumerate(pd.read_csv(data / "labels.csv").query("split == 'test'")["image_path"][:2]):
+        shutil.copy(data / path, folder / f"lesion-{i}.jpg")
+    assert run_main(evaluate, checkpoint, "--export", tmp_path / "m.onnx", monkeypatch=monkeypatch) == 0
+    assert run_main(evaluate, checkpoint, "--predict", folder, "--no-tta", "--prevalence", 0.02, "--out",
+                    tmp_path / "out", monkeypatch=monkeypatch) == 0
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("isic_id")
+    session = onnxruntime.InferenceSession(tmp_path / "m.onnx")
+    assert [output.name for output in session.get_outputs()] == ["probability", "distance_from_training",
+                                                                 "unlike_training"]
+    for image in sorted(folder.iterdir()):
+        probability, distance, flag = score(session, image, prevalence=0.02, outputs=True)
+        row = predicted.loc[image.stem]
+        assert probability == pytest.approx(row["probability_malignant"], abs=1e-4), image.name
+        assert distance == pytest.approx(row["distance_from_training"], abs=1e-3), image.name
+        assert flag == row["unlike_training"], image.name
+    assert predicted.loc[["green", "stripes"], "unlike_training"].tolist() == [1, 1]
+    # Fed NaN, the population is the one the model learnt from: 0.02 moved every probability down.
+    own = score(session, folder / "lesion-0.jpg")
+    assert own > predicted.loc["lesion-0", "probability_malignant"]
 
 
 def test_readme_example_scores_images_as_predict_no_tta(trained_baseline, tmp_path, monkeypatch):

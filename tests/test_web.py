@@ -2,14 +2,20 @@
 --no-tta does, metadata included, says why a bad file gives no number, and asks nothing of any other origin.
 Without Chromium, its driver, selenium or web/node_modules these tests skip, except under CI=true, where they
 fail (.ci/run installs them)."""
+import math
 import os
 import re
 
+import numpy as np
 import onnx
+import onnxruntime
+import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import PHOTO_METADATA
 from helpers import browser
+from helpers.images import load_image
 
 # What the page may differ from Python by: decoding in the browser rather than PIL (JPEG, EXIF), and
 # float32 arithmetic in WebAssembly.
@@ -35,8 +41,10 @@ def served(photos, tmp_path_factory):
     bad = tmp_path_factory.mktemp("bad")
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "notes.jpg").write_text("a text file named as an image\n")
+    Image.new("RGB", (64, 64), (20, 200, 40)).save(bad / "green.png")  # no skin at all
     files = {"model.onnx": onnx_file, **{f"images/{name}": folder / name for name in names},
-             "images/empty.jpg": bad / "empty.jpg", "images/notes.jpg": bad / "notes.jpg"}
+             "images/empty.jpg": bad / "empty.jpg", "images/notes.jpg": bad / "notes.jpg",
+             "images/green.png": bad / "green.png"}
     with browser.serving(browser.site(tmp_path_factory.mktemp("site"), files)) as origin:
         yield origin
 
@@ -67,12 +75,19 @@ def test_the_page_scores_as_predict_no_tta(page, served, photos):
     threshold = float({p.key: p.value for p in onnx.load(onnx_file).metadata_props}["threshold"])
     for name, result in results.items():
         assert result["decision"] == ("malignant" if float(result["probability"]) >= threshold else "benign")
-    # "elbow" is no site and 150 no age the model knows: scored as unknown, and said so.
+    # "elbow" is no site and 150 no age the model knows: scored as unknown, and said so; and the images that
+    # --predict flags as unlike the training ones (the grayscale ones, for this model) are flagged here too.
     warnings = {name: result["warning"] for name, result in results.items() if "warning" in result}
     given = [PHOTO_METADATA[number % len(PHOTO_METADATA)] for number in range(len(names))]
-    assert set(warnings) == {name for name, (age, _, site) in zip(names, given) if age == "150" or site == "elbow"}
-    assert all(re.fullmatch(r"(site 'elbow'|age '150') is not a value the model knows; scored as unknown", warning)
-               for warning in warnings.values()), warnings
+    unknown = {name for name, (age, _, site) in zip(names, given) if age == "150" or site == "elbow"}
+    predicted = pd.read_csv(photos[1].parent / "out" / "predictions.csv").set_index("isic_id")["unlike_training"]
+    flagged = {name for name in names if predicted[name.rsplit(".", 1)[0]]}
+    assert flagged and set(warnings) == unknown | flagged, (warnings, flagged)
+    for name, warning in warnings.items():
+        assert warning.startswith("this image is unlike any the model learnt from") == (name in flagged), warning
+        rest = warning.partition("; ")[2] if name in flagged else warning  # the flag's words have no ';'
+        assert rest == "" and name not in unknown or re.fullmatch(
+            r"(site 'elbow'|age '150') is not a value the model knows; scored as unknown", rest), warning
     shown = page.driver.find_element("id", "verdict").text
     assert shown.startswith(f"P(malignant) = {float(results[names[-1]]['probability']):.3f}")  # as a person sees it
 
@@ -105,6 +120,26 @@ def test_a_page_that_ignores_exif_fails_the_comparison(page, served, photos):
         wrong.close()
     turned = gaps(results, expected)
     assert len(turned) == 5 and max(turned.values()) > TOLERANCE, turned
+
+
+def test_the_page_gives_a_populations_probability_and_the_flag_as_the_graph_does(page, served, photos):
+    # The graph (tested against --predict --prevalence in test_export.py) fed 0.02 and run by ONNX Runtime in
+    # Python; the page given prevalence=0.02 in its address, and an image unlike any the model learnt from.
+    onnx_file, folder, names, _ = photos
+    session = onnxruntime.InferenceSession(onnx_file)
+    name = names[0]
+    feed = {"pixels": np.asarray(load_image(folder / name)), "prevalence": np.array([0.02], np.float32),
+            "age": np.array([np.nan], np.float32), "sex": np.array([-1]), "site": np.array([-1])}
+    probability = session.run(None, feed)[0][0]
+    result = page.score(served, f"images/{name}", prevalence="0.02")
+    assert abs(float(result["probability"]) - probability) < TOLERANCE, result
+    props = session.get_modelmeta().custom_metadata_map
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    moved = 1 / (1 + math.exp(-(logit(float(props["threshold"])) + logit(0.02) - logit(float(props["prevalence"])))))
+    assert result["decision"] == ("malignant" if float(result["probability"]) >= moved else "benign")
+    green = page.score(served, "images/green.png")
+    assert green["status"] == "done" and "unlike any the model learnt from" in green["warning"], green
+    assert "warning" not in page.score(served, f"images/{name}") or "unlike" not in result.get("warning", "")
 
 
 def test_bad_files_give_a_message_and_no_number(page, served):

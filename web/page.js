@@ -178,10 +178,33 @@ function show(status, values = {}) {
   }
   const shown = status === "done"
     ? `P(malignant) = ${Number(values.probability).toFixed(3)}: ${values.decision}` +
-      ` (threshold ${Number(model.props.threshold).toFixed(3)})`
+      ` (threshold ${values.threshold.toFixed(3)})`
     : status;
   document.getElementById("verdict").textContent = shown;
   document.getElementById("warning").textContent = values.warning || "";
+}
+
+// --- The population the probability is for ----------------------------------------------------------
+// The model's probabilities assume the share of malignant lesions it learnt from (the prevalence
+// prop). For another population the graph moves them by Bayes' rule (chapters/calibration.py), and
+// the threshold moves the same way, so that every image keeps its call.
+
+function population(given, warnings) {
+  const text = String(given.prevalence ?? "").trim();
+  const share = Number(text);
+  if (text !== "" && !(share > 0 && share < 1)) {
+    warnings.push(`prevalence '${text}' is not a share between 0 and 1; the model's own is used`);
+  }
+  return text !== "" && share > 0 && share < 1 ? share : NaN;
+}
+
+const logit = (p) => Math.log(p / (1 - p));
+
+function movedThreshold(share) {
+  const threshold = Number(model.props.threshold);
+  if (Number.isNaN(share)) return threshold;
+  const shift = logit(share) - logit(Number(model.props.prevalence));
+  return 1 / (1 + Math.exp(-(logit(threshold) + shift)));
 }
 
 async function score(name, blob, given) {
@@ -189,12 +212,21 @@ async function score(name, blob, given) {
   try {
     const pixels = await decode(name, blob);
     const warnings = [];
-    const feeds = {pixels};
+    const share = population(given, warnings);
+    const feeds = {pixels, prevalence: new ort.Tensor("float32", new Float32Array([share]), [1])};
     if (model.session.inputNames.includes("age")) Object.assign(feeds, metadataInputs(given, warnings));
     const output = await model.session.run(feeds);
     const probability = output.probability.data[0];
-    const decision = probability >= Number(model.props.threshold) ? "malignant" : "benign";
-    show("done", {probability: String(probability), decision,
+    const threshold = movedThreshold(share);
+    const decision = probability >= threshold ? "malignant" : "benign";
+    if (output.unlike_training?.data[0]) {
+      warnings.unshift("this image is unlike any the model learnt from " +
+        `(${output.distance_from_training.data[0].toFixed(1)} held-out standard deviations from ` +
+        "its training images): not dermoscopy of a lesion like them? Its probability means little");
+    }
+    document.getElementById("prevalence").textContent = `${(100 * (Number.isNaN(share)
+      ? Number(model.props.prevalence) : share)).toFixed(share < 0.1 ? 1 : 0)} %`;
+    show("done", {probability: String(probability), decision, threshold,
                   warning: warnings.length ? warnings.join("; ") : undefined});
   } catch (error) {
     show(`error: ${error.message}`);
@@ -203,7 +235,7 @@ async function score(name, blob, given) {
 
 function formMetadata() {
   return {age: form.elements.age.value, sex: form.elements.sex.value,
-          site: form.elements.site.value};
+          site: form.elements.site.value, prevalence: form.elements.prevalence.value};
 }
 
 function rescore() {
@@ -237,8 +269,10 @@ async function start() {
   if (path === null) return;
   // Scored from the address: age, sex and site as given there (a word the model does not
   // know is scored as unknown, and said so).
-  const given = {age: address.get("age"), sex: address.get("sex"), site: address.get("site")};
+  const given = {age: address.get("age"), sex: address.get("sex"), site: address.get("site"),
+                 prevalence: address.get("prevalence")};
   form.elements.age.value = given.age ?? "";
+  form.elements.prevalence.value = given.prevalence ?? "";
   for (const column of ["sex", "site"]) {
     const word = model.spellings[column]?.[String(given[column] ?? "").trim().toLowerCase()];
     if ([...form.elements[column].options].some((option) => option.value === word)) {
