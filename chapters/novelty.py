@@ -101,13 +101,23 @@ def feature_batches(model, table, transform, device, batch_size=64, workers=0):
         for images, _ in loader:
             outputs.clear()
             model(images.to(device))
-            features = torch.cat([output.mean(dim=(2, 3)) for output in outputs], 1).double().cpu()
-            # Their direction, not their length: images unlike the training ones differ in which
-            # features light up more than in how much (measured: benchmarks/novelty.py)
-            yield features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            yield described(outputs, torch.float64).cpu()
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def described(outputs, dtype=torch.float32):
+    """The images' description from their stages' outputs: each averaged over the image, side by
+    side, scaled to length 1. Their direction, not their length: images unlike the training ones
+    differ in which features light up more than in how much (measured: benchmarks/novelty.py)."""
+    features = torch.cat([output.mean(dim=(2, 3)) for output in outputs], 1).to(dtype)
+    return features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def models_of(model):
+    """The models a checkpoint holds: a fold ensemble's members, or the one model."""
+    return list(model.members) if isinstance(model, FoldEnsemble) else [model]
 
 
 # --- 2. The statistics, from the training images -------------------------------------------------
@@ -131,6 +141,11 @@ def fit_statistics(batches, components=COMPONENTS):
             "residual_variance": max(variances[kept:].mean().item(), floor), "images": count}
 
 
+def held_out_spreads(log_distances, statistics):
+    """Log-distances counted in held-out standard deviations from the held-out mean."""
+    return (log_distances - statistics["held_out_mean"]) / statistics["held_out_std"]
+
+
 def log_distance(features, statistics, dtype=torch.float64):
     """log of the squared distance of each image's features: along the main directions each
     divided by its own variance, the rest by the shared one."""
@@ -151,9 +166,9 @@ def member_statistics(model, train_table, held_out_table, transform, device, see
     statistics = fit_statistics(feature_batches(model, train_table, transform, device))
     held_out = torch.cat([log_distance(features, statistics) for features in
                           feature_batches(model, held_out_table, transform, device)])
-    mean, spread = held_out.mean().item(), held_out.std().clamp(min=1e-6).item()
-    return {**statistics, "held_out_mean": mean, "held_out_std": spread, "held_out": len(held_out),
-            "held_out_distances": (held_out - mean) / spread}
+    statistics.update(held_out_mean=held_out.mean().item(),
+                      held_out_std=held_out.std().clamp(min=1e-6).item(), held_out=len(held_out))
+    return {**statistics, "held_out_distances": held_out_spreads(held_out, statistics)}
 
 
 def cutoff_by_counting(distances, share):
@@ -174,13 +189,12 @@ def add_statistics(args, device):
     model, info = load_checkpoint(args.out, device)
     transform = build_transforms(info["img_size"], train=False, mean=info["mean"], std=info["std"])
     if args.folds > 1:
-        members = model.members
         tables = [cross_validation.train_and_val(args.data, fold, args.folds, args.seed)
                   for fold in range(1, args.folds + 1)]
     else:
-        members, tables = [model], [(read_split(args.data, "train"), read_split(args.data, "val"))]
+        tables = [(read_split(args.data, "train"), read_split(args.data, "val"))]
     found = [member_statistics(member, train, held_out, transform, device, args.seed)
-             for member, (train, held_out) in zip(members, tables)]
+             for member, (train, held_out) in zip(models_of(model), tables)]
     held_out = torch.cat([statistics.pop("held_out_distances") for statistics in found])
     cutoff, promised = cutoff_by_counting(held_out, args.unlike_share)
     checkpoint["novelty"] = {"members": found, "cutoff": cutoff, "share": args.unlike_share,
@@ -209,14 +223,12 @@ def check(models, table):
         return {}
     distances = []
     for index, ((model, _), record) in enumerate(zip(models.members, records)):
-        members = model.members if isinstance(model, FoldEnsemble) else [model]
-        for member, statistics in zip(members, record["members"]):
+        for member, statistics in zip(models_of(model), record["members"]):
             log_distances = torch.cat([log_distance(features, statistics) for features in
                                        feature_batches(member, table, models.transform(index),
                                                        models.device, models.batch_size,
                                                        models.workers)])
-            distances.append((log_distances - statistics["held_out_mean"])
-                             / statistics["held_out_std"])
+            distances.append(held_out_spreads(log_distances, statistics))
     distance = torch.stack(distances).mean(0)
     flagged = distance > records[0]["cutoff"]
     return {"distance_from_training": distance.tolist(), "unlike_training": flagged.int().tolist()}
@@ -266,7 +278,7 @@ class Distance(nn.Module):
 
     def __init__(self, model, record):
         super().__init__()
-        members = model.members if isinstance(model, FoldEnsemble) else [model]
+        members = models_of(model)
         self.outputs, self.cutoff = [], record["cutoff"]
         for member in members:
             for module in stage_ends(member):
@@ -283,12 +295,9 @@ class Distance(nn.Module):
     def forward(self):
         distances = []
         for k, statistics in enumerate(self.statistics):
-            outputs = self.outputs[k * self.stages:(k + 1) * self.stages]
-            features = torch.cat([output.mean(dim=(2, 3)) for output in outputs], 1).float()
-            features = features / features.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            features = described(self.outputs[k * self.stages:(k + 1) * self.stages])
             buffers = {key: getattr(self, f"{key}_{k}") for key in ("mean", "basis", "variances")}
             log_distances = log_distance(features, {**statistics, **buffers}, torch.float32)
-            distances.append((log_distances - statistics["held_out_mean"])
-                             / statistics["held_out_std"])
+            distances.append(held_out_spreads(log_distances, statistics))
         self.outputs.clear()
         return torch.stack(distances).mean(0)
