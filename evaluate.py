@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from chapters import calibration, metadata, novelty, onnx_export, unlabelled
+from chapters import calibration, init_from, metadata, novelty, onnx_export, unlabelled
 from chapters.grad_cam import draw_grad_cam_gallery
 from chapters.hardware import Hardware, autocast, choose_precision, pick_device, worker_count
 from chapters.partial_auc import partial_auc
@@ -233,7 +233,7 @@ def report(args, models, threshold, out):
                "models": [info["model"] for _, info in models.members], "data": str(data),
                "split": args.split, "target_sensitivity": args.target_sensitivity,
                "threshold_from": args.threshold_from, **without_nan(calibrated),
-               **novelty.summary(unlike, models)}
+               **novelty.summary(unlike, models), **init_from.seen_by_start(models, table)}
     write_report(out, summary, metrics, table, probabilities, labels, image_alone, unlike)
     model, checkpoint = models.members[0]  # the one whose Grad-CAM is drawn
     draw_grad_cam_gallery(model, CustomDataset(table, models.transform()), probabilities, labels,

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from chapters import calibration, cross_validation, imbalance, linear_probe, metadata, novelty
+from chapters import (calibration, cross_validation, imbalance, init_from, linear_probe, metadata,
+                      novelty)
 from chapters.hardware import Hardware
 from dataset import (CustomDataset, EpochSampler, build_loaders, build_transforms, read_labels,
                      read_split)
@@ -231,7 +232,8 @@ def build_run(args, hardware, train_table, val_table, draw=True):
     train_loader, val_loader = build_loaders(train_set, val_set, sampler, args.batch_size,
                                              args.workers, args.seed)
     labels = sampler.labels
-    network = build_model(args.model, args.pretrained).to(hardware.device)
+    network = build_model(args.model, args.pretrained and not args.start)
+    network = init_from.load(network, args).to(hardware.device)  # --init-from: a start's weights
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if hardware.rank == 0 and draw:  # a picture of what it sees
         picture = args.out.with_name(f"{args.out.stem}-augmentations.png")
@@ -325,9 +327,11 @@ def parse_arguments():
     add("--out", default=None, help="checkpoint path (default: checkpoints/<model>.pt)")
     add("--resume", metavar="CKPT", help="carry on an interrupted run, with its own arguments")
     add("--dry-run", action="store_true", help="one batch of one epoch, to test the set-up")
-    for chapter in (cross_validation, metadata, novelty, linear_probe, imbalance, Hardware):
+    for chapter in (cross_validation, init_from, metadata, novelty, linear_probe, imbalance,
+                    Hardware):
         chapter.add_training_options(parser)
     args, interrupted = resume.parse(parser)  # with --resume, the interrupted run's arguments
+    init_from.settle(args, parser)  # --init-from: the start read, counting as --pretrained
     for chapter in (linear_probe, imbalance):
         chapter.refuse_conflicts(args, parser)
     args.tta = not args.freeze_backbone if args.tta is None else args.tta
@@ -353,6 +357,7 @@ def main():
         if hardware.rank == 0 and not args.dry_run:  # what its probabilities assume, and
             calibration.record_prevalence(args)      # what its training images look like
             novelty.add_statistics(args, hardware.device)
+            init_from.record(args)  # --init-from: the start named, its weights dropped
     except (DataError, ValueError) as error:  # bad data (an image gone bad since it was prepared)
         stop(error)
     distributed.finish(hardware.world_size)

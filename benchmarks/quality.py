@@ -121,10 +121,11 @@ def prepare(ham, uda, out, seed):
     return data, {"val": (full, "val"), "test": (data, "test"), "UDA": (out / "uda", "test")}
 
 
-def ham_subset(ham, rows, folder):
-    """A HAM10000-layout folder holding only these metadata rows (the images are linked, not copied)."""
+def ham_subset(ham, rows, folder, metadata_name="HAM10000_metadata.csv"):
+    """A folder in the layout of `ham` (a metadata CSV and images/; HAM10000's by default, ISIC UDA's with
+    metadata_name="metadata.csv") holding only these metadata rows (the images are linked, not copied)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(folder / "HAM10000_metadata.csv", index=False)
+    rows.to_csv(folder / metadata_name, index=False)
     if not (folder / "images").exists():
         os.symlink((ham / "images").resolve(), folder / "images")
     return folder

@@ -71,6 +71,23 @@ def run_main(module, *args, monkeypatch):
     return 0
 
 
+def interrupt_at_epoch(n, monkeypatch):
+    """Make train.py's n-th epoch (counted across folds) end in Ctrl-C; returns the real epoch function,
+    to put back with monkeypatch.setattr(train, "train_one_epoch", it)."""
+    import train
+
+    real, epochs = train.train_one_epoch, []
+
+    def cut_short(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", cut_short)
+    return real
+
+
 def prepare_and_train(source, folder, name, *train_options, monkeypatch):
     """prepare_data.py on source into folder/data, then train.py on it at 32 px with these options: the
     checkpoint, folder/<name>.pt."""

@@ -1,4 +1,5 @@
-"""torchrun: two CPU processes on 127.0.0.1 train one model, as one process would."""
+"""torchrun: two CPU processes on 127.0.0.1 train one model, as one process would (both from a start,
+train.py --init-from)."""
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ from dataset import CustomDataset, build_transforms, read_split
 from model import load_checkpoint, predict
 
 
-def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_data, tmp_path):
-    common = ["--data", synthetic_data, "--img-size", 32, "--epochs", 3, "--workers", 0, "--no-tta"]
+def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_data, trained_baseline, tmp_path):
+    common = ["--data", synthetic_data, "--img-size", 32, "--epochs", 3, "--workers", 0, "--no-tta",
+              "--init-from", trained_baseline[0]]
     # One process with batches of 32, and two with 16 each: the same images per step, the same steps.
     single = run_script("train.py", *common, "--batch-size", 32, "--out", tmp_path / "single" / "model.pt")
     assert single.returncode == 0, single.stderr
@@ -40,3 +42,4 @@ def test_two_processes_write_one_checkpoint_that_matches_one_process(synthetic_d
     assert two["val_predictions"]["image_probability"] == pytest.approx(probabilities, abs=1e-5)
     # Not bit-identical to one process (batch norm sees 16 images, not 32; other augmentations), but close.
     assert abs(two["val_metrics"]["auc"] - one["val_metrics"]["auc"]) < 0.05, (two["val_metrics"], one["val_metrics"])
+    assert two["start"] == one["start"] and two["start"]["file"] == str(trained_baseline[0])

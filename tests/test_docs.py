@@ -33,7 +33,7 @@ CHAPTERS = sorted((ROOT / "chapters").glob("[a-z]*.py"))
 # `python model.py`, takes none).
 SCRIPTS = ["prepare_data.py", "dataset.py", "train.py", "evaluate.py"]
 CLOCK = itertools.count()  # the order in which files are written
-COMMAND = re.compile(r"(?:\bpython|\btorchrun)\s+(?:--\S+\s+)*((?:benchmarks/)?[a-z_0-9]+\.py)([^`#&|\n]*)")
+COMMAND = re.compile(r"(?:\bpython|\btorchrun)\s+(?:--\S+\s+)*((?:benchmarks/|starts/)?[a-z_0-9]+\.py)([^`#&|\n]*)")
 
 
 def commands_in(name, text):
@@ -96,7 +96,8 @@ def parse(script, arguments, monkeypatch):
 
 def test_the_documents_give_commands_for_each_step():
     scripts = {param.values[0] for param in documented_commands()}
-    assert {"prepare_data.py", "train.py", "evaluate.py", "benchmarks/quality.py", "benchmarks/speed.py"} <= scripts
+    assert {"prepare_data.py", "train.py", "evaluate.py", "benchmarks/quality.py", "benchmarks/speed.py",
+            "starts/make_skin_start.py"} <= scripts
 
 
 @pytest.mark.parametrize("script, arguments", documented_commands())

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 import evaluate
 import train
-from conftest import run_main
+from conftest import interrupt_at_epoch, run_main
 from chapters import imbalance
 from chapters.cross_validation import cross_validation_folds
 from evaluate import all_metrics, choose_threshold
@@ -312,16 +312,7 @@ def test_cross_validation_saves_one_checkpoint_scored_out_of_fold(synthetic_data
 def test_cross_validation_interrupted_between_folds_carries_on(synthetic_data, tmp_path, monkeypatch, capsys):
     options = ["--data", synthetic_data, "--img-size", 32, "--epochs", 2, "--folds", 2, "--workers", 0]
     assert run_main(train, *options, "--out", tmp_path / "whole.pt", monkeypatch=monkeypatch) == 0
-    epochs = []
-
-    def interrupted_in_fold_two(*args, **kwargs):  # Ctrl-C in the first epoch of fold 2
-        epochs.append(1)
-        if len(epochs) == 3:
-            raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
-
-    train_one_epoch = train.train_one_epoch
-    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_fold_two)
+    train_one_epoch = interrupt_at_epoch(3, monkeypatch)  # Ctrl-C in the first epoch of fold 2
     assert run_main(train, *options, "--out", tmp_path / "cut.pt", monkeypatch=monkeypatch) == 130
     assert f"continue with: python train.py --resume {tmp_path / 'cut-fold1.pt'}" in capsys.readouterr().out
     monkeypatch.setattr(train, "train_one_epoch", train_one_epoch)
