@@ -11,14 +11,15 @@ Two parts, each the user's own flow (prepare_data.py on the labelled images, tra
   (default)  ISIC UDA as the clinic: each draw takes 300 of its 557 images at random (whole groups,
              so byte-identical twins stay together) as the budget and scores the other 257; once
              from ImageNet's start, once from the skin start, same draw, same seed, each with the
-             setting chosen above, in the recommended recipe (--folds 5 --patience 0). UDA chooses
-             nothing: every setting was chosen on HAM10000.
+             setting chosen above, in the recommended recipe (--folds 5 --patience 0); and the
+             skin start's linear probe beside them, measured only. UDA chooses nothing: every
+             setting was chosen on HAM10000.
 
 Prints each start's AUC (mean ± sd over draws) and the paired difference, and writes every run to
 OUT/results.csv. Resumable: a run already scored in OUT is read back, not trained again.
 
   python starts/make_skin_start.py && python benchmarks/skin_start.py --choose --draws 0 1 2
-  python benchmarks/skin_start.py --draws 0 1 2 3 4   # about 50 minutes on a 2-core CPU
+  python benchmarks/skin_start.py --draws 0 1 2 3 4   # about 70 minutes on a 2-core CPU
 """
 import statistics
 import sys
