@@ -122,7 +122,7 @@ def main():
 
 
 def print_summary(table, split):
-    """Each setting's AUC, mean ± sd over draws, and its paired difference from ImageNet's start."""
+    """Each setting's AUC (mean ± sd over draws) and its paired difference from ImageNet's."""
     by_draw = table.pivot(index="draw", columns="recipe", values=f"{split} auc")
     alone = table.pivot(index="draw", columns="recipe", values=f"{split} auc image alone")
     print(f"\n{len(by_draw)} draws; {split} AUC (images alone), and the paired difference from "

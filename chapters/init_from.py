@@ -1,4 +1,4 @@
-"""A start that already knows skin (train.py --init-from CKPT): ImageNet, then skin, then your clinic.
+"""A start that knows skin (train.py --init-from CKPT): ImageNet, then skin, then your clinic.
 
 ImageNet's weights know edges, textures and shapes from photographs of cats and cars; a clinic's few
 hundred labels must then teach the model everything about skin. --init-from starts instead from a
@@ -22,8 +22,9 @@ evaluate.py calls `seen_by_start` on the images it scores.
 
 Example (labelled ISIC Archive images from the skin start, at the learning rate docs/RESULTS.md
 chose for it; evaluate.py then warns about any of them that HAM10000 lent the start):
-  python train.py --data data/isic-1000 --model efficientnet_lite0 --init-from starts/skin-lite0.pt \
-      --lr 1e-4 --folds 5 --patience 0 --out checkpoints/isic-skin.pt
+  python train.py --data data/isic-1000 --model efficientnet_lite0 \
+      --init-from starts/skin-lite0.pt --lr 1e-4 --folds 5 --patience 0 \
+      --out checkpoints/isic-skin.pt
 """
 import hashlib
 from pathlib import Path

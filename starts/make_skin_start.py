@@ -1,4 +1,4 @@
-"""Make the skin start: one model that has already learnt benign from malignant on public dermoscopy.
+"""Make the skin start: one model that has already learnt benign from malignant on dermoscopy.
 
 A clinic with a few hundred labels need not start from ImageNet's cats and cars. This command trains
 the recommended architecture (EfficientNet-Lite0 at 128 px, from ImageNet) on HAM10000's labelled
